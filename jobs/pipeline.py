@@ -1,0 +1,117 @@
+"""The raydebias job: config -> data -> augment -> train -> evaluate (``--stage`` runs one).
+
+    python jobs/pipeline.py --config jobs/configs/smoke.yaml --stage data --output out/smoke
+    ray job submit --working-dir . -- python jobs/pipeline.py --config jobs/configs/paper-gpt2.yaml --stage data --output /shared/run1
+
+Starts an embedded local Ray cluster unless ``ray.address`` / ``RAY_ADDRESS`` names one (``ray job
+submit`` sets ``RAY_ADDRESS`` for the driver, so submitted jobs join their cluster). Trailing
+``key.sub=value`` arguments override the config file (``train.alpha=8 data.limit=100``).
+
+Exit codes: 0 done; 2 bad config/arguments or a stage that is not implemented yet; 3 unreadable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+# Run from a checkout without installing: make the package importable (ray job submit's working dir).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from raydebias.config import ConfigError, describe, load_config  # noqa: E402
+from raydebias.data import DataError, run_data_stage  # noqa: E402
+from raydebias.outputs import RunDir  # noqa: E402
+from raydebias.runtime import init_ray, use_gpus  # noqa: E402
+
+log = logging.getLogger("raydebias.job")
+
+STAGES = ("data", "augment", "train", "evaluate")
+# The stages that exist. The others are built by their own issues and must not be faked meanwhile.
+IMPLEMENTED = {"data": run_data_stage}
+NOT_YET = {"augment": "issue #3 (augmentation on Ray Data)", "train": "issue #4 (Ray Train + FSDP2)",
+           "evaluate": "issue #5 (evaluation and report)"}
+
+
+class StageNotImplemented(RuntimeError):
+    pass
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="jobs/pipeline.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Overrides: trailing key.sub=value arguments, e.g. data.limit=50 train.alpha=8. "
+               "--help-config lists every key with its default and help.",
+    )
+    p.add_argument("--config", help="YAML config (e.g. jobs/configs/smoke.yaml); defaults: the paper's values")
+    p.add_argument("--output", help="run directory (created); stages read and write here")
+    p.add_argument("--stage", default="all", choices=(*STAGES, "all"), help="stage to run (default: all)")
+    p.add_argument("--help-config", action="store_true", help="list every config key, default and help, then exit")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    return p.parse_args(argv)
+
+
+def stages_for(stage: str) -> list[str]:
+    wanted = list(STAGES) if stage == "all" else [stage]
+    missing = [s for s in wanted if s not in IMPLEMENTED]
+    if missing:
+        raise StageNotImplemented(
+            f"stage {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not implemented yet "
+            f"({'; '.join(NOT_YET[s] for s in missing)}). Implemented: {', '.join(IMPLEMENTED)} "
+            f"(run with --stage {'/'.join(IMPLEMENTED)})."
+        )
+    return wanted
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.help_config:
+        for key, tp, default, help_ in describe():
+            print(f"{key} ({tp}, default {default!r})\n    {help_}")
+        return 0
+    try:
+        cfg = load_config(args.config, args.overrides)
+        stages = stages_for(args.stage)
+        if not args.output:
+            raise ConfigError("--output DIR is required")
+    except (ConfigError, StageNotImplemented) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    out = RunDir(args.output)
+    out.write_config(cfg)
+    info = init_ray(cfg)
+    gpus = use_gpus(cfg.device)
+    log.info("run dir %s | stages %s | device=%s (GPUs requested: %s) | ray %s", out.root, stages,
+             cfg.device, gpus, info.get("mode", info.get("address")))
+    timings = {}
+    try:
+        for stage in stages:
+            t0 = time.perf_counter()
+            stats = IMPLEMENTED[stage](cfg, out)
+            timings[stage] = round(time.perf_counter() - t0, 2)
+            print(json.dumps({"stage": stage, "seconds": timings[stage], "stats": _summary(stats)}))
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    log.info("done in %s; outputs under %s", timings, out.root)
+    return 0
+
+
+def _summary(stats: dict) -> dict:
+    """One line per split for the console; the full counts are in stats.json."""
+    return {k: {kk: v[kk] for kk in ("rows_in", "kept", "quarantined") if kk in v} if isinstance(v, dict) else v
+            for k, v in stats.items()}
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

@@ -1,0 +1,499 @@
+"""Configuration: one dataclass per stage, loaded from YAML and overridden with ``a.b=value``.
+
+Every default is the paper's value (Korkmaz et al. 2025; Table 10 for augmentation, Table 12 and
+Section 4.3 for training, Section 5 / Appendix H for evaluation and sweeps) or, where the paper is
+silent, the value SPEC.md decides. Each field carries a ``help`` string (``python jobs/pipeline.py
+--help-config`` prints them all).
+
+    cfg = load_config("jobs/configs/smoke.yaml", ["train.alpha=8", "augment.toxic_rewrite.top_p=0.9"])
+
+Unknown keys and wrong types raise :class:`ConfigError` naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "Config",
+    "DataConfig",
+    "AugmentConfig",
+    "TrainConfig",
+    "SweepConfig",
+    "EvalConfig",
+    "RayConfig",
+    "load_config",
+    "config_to_dict",
+    "describe",
+]
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the dotted key."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with a help string (TRL style). Mutable defaults are copied per instance."""
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        proto = default
+        return field(default_factory=lambda: _copy(proto), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+def _copy(value: Any) -> Any:
+    import copy
+
+    return copy.deepcopy(value)
+
+
+def _check(cond: bool, key: str, msg: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"{key} {msg}, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage configs
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RayConfig:
+    address: str | None = _f(
+        None,
+        "Ray cluster to join ('auto', 'ray://host:10001', ...). Unset: join $RAY_ADDRESS if set "
+        "(ray job submit sets it), else start a local embedded cluster.",
+    )
+    num_cpus: int | None = _f(None, "CPUs of the local embedded cluster (ignored when joining one).")
+    wait_for_min_actors_s: int = _f(
+        600,
+        "Seconds an actor pool may wait for its first actors before the job fails loudly "
+        "(Ray's default waits forever: ENV.md HANG 1).",
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.wait_for_min_actors_s > 0, "ray.wait_for_min_actors_s", "must be > 0", self.wait_for_min_actors_s)
+
+
+@dataclass
+class DataConfig:
+    source: str = _f(
+        "CarperAI/openai_summarize_tldr",
+        "Training source rows: a local file, directory or glob (JSONL/JSON/Parquet/CSV), "
+        "'sample:<name>' for data shipped in raydebias/samples, or a Hugging Face dataset id.",
+    )
+    split: str = _f("train", "Split to load when `source` is a Hugging Face dataset id.")
+    eval_source: str | None = _f(
+        "CarperAI/openai_summarize_tldr",
+        "Held-out rows for evaluation (same forms as `source`); null to skip.",
+    )
+    eval_split: str = _f("test", "Split to load when `eval_source` is a Hugging Face dataset id.")
+    layout: Literal["auto", "carper", "webis", "comparisons", "plain"] = _f(
+        "auto",
+        "Record layout: carper (prompt/label), webis (content/summary), comparisons "
+        "(summarize_from_feedback info/summaries), plain (post/summary); auto detects per file.",
+    )
+    max_post_chars: int = _f(20_000, "Posts longer than this are quarantined as post_too_long.")
+    limit: int | None = _f(None, "Read at most this many input rows per split (null: all). For quick runs.")
+
+    def __post_init__(self) -> None:
+        _check(self.max_post_chars > 0, "data.max_post_chars", "must be > 0", self.max_post_chars)
+        _check(self.limit is None or self.limit > 0, "data.limit", "must be > 0 or null", self.limit)
+
+
+@dataclass
+class OpResources:
+    """Where one augmentation op's Ray Data actor pool runs (SPEC §2: one pool per model)."""
+
+    num_gpus: float = _f(0.25, "GPU fraction per actor when device resolves to gpu (ignored on cpu).")
+    num_cpus: float = _f(1.0, "CPUs per actor.")
+    actors: int = _f(1, "Actors in the pool (Ray Data ActorPoolStrategy size).")
+    batch_size: int = _f(16, "Source rows per batch handed to one op call.")
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.num_gpus <= 8, "num_gpus", "must be in [0, 8]", self.num_gpus)
+        _check(self.num_cpus > 0, "num_cpus", "must be > 0", self.num_cpus)
+        _check(self.actors >= 1, "actors", "must be >= 1", self.actors)
+        _check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
+
+
+@dataclass
+class BacktranslateConfig:
+    forward_model: str = _f("Helsinki-NLP/opus-mt-en-{pivot}", "en->pivot MarianMT id; {pivot} is filled in.")
+    backward_model: str = _f("Helsinki-NLP/opus-mt-{pivot}-en", "pivot->en MarianMT id; {pivot} is filled in.")
+    pivots: list[str] = _f(["de", "fr", "es"], "Pivot languages (Table 10: 3 languages).")
+    num_beams: int = _f(5, "Beam width (Table 10).")
+    temperature: float = _f(0.8, "Sampling temperature (Table 10).")
+    do_sample: bool = _f(True, "Beam-sample so the temperature has an effect.")
+    max_new_tokens: int = _f(128, "Max tokens generated per translation.")
+    novel_entity_filter: bool = _f(
+        True, "Drop a paraphrase that introduces an entity absent from post+summary (CLIFF)."
+    )
+    resources: OpResources = _f(OpResources(), "Actor pool resources.")
+
+
+@dataclass
+class ToxicRewriteConfig:
+    model: str = _f("EleutherAI/gpt-neo-2.7B", "Causal LM used for few-shot toxic rewrites (Section 4.2).")
+    temperature: float = _f(1.0, "Sampling temperature (Table 10).")
+    top_p: float = _f(0.95, "Nucleus sampling top-p (Table 10).")
+    repetition_penalty: float = _f(1.2, "Repetition penalty (Table 10).")
+    num_return_sequences: int = _f(3, "Rewrites sampled per summary (Table 10).")
+    max_new_tokens: int = _f(128, "Max tokens generated per rewrite.")
+    toxicity_threshold: float = _f(0.4, "Keep a rewrite iff its toxicity >= this (Section 4.2).")
+    backend: Literal["hf", "vllm"] = _f("hf", "Generator backend: hf generate() or vllm (GPU only).")
+    resources: OpResources = _f(OpResources(), "Actor pool resources.")
+
+    def __post_init__(self) -> None:
+        _check(0 < self.top_p <= 1, "augment.toxic_rewrite.top_p", "must be in (0, 1]", self.top_p)
+        _check(0 <= self.toxicity_threshold <= 1, "augment.toxic_rewrite.toxicity_threshold",
+               "must be in [0, 1]", self.toxicity_threshold)
+
+
+@dataclass
+class LowConfidenceConfig:
+    model: str = _f("gpt2", "Causal LM whose lowest-scoring beam is a negative (eq. 1-2).")
+    num_beams: int = _f(8, "Beams (Table 10).")
+    num_return_sequences: int = _f(8, "Beams returned; the lowest sequence score is kept (eq. 1).")
+    length_penalty: float = _f(2.0, "Beam length penalty lambda (Table 10, eq. 2).")
+    max_input_tokens: int = _f(512, "Max prompt tokens (Table 10).")
+    max_new_tokens: int = _f(128, "Max output tokens (Table 10).")
+    cliff_rule: bool = _f(False, "Also require min token prob over PROPN/NUM tokens < cliff_threshold (CLIFF).")
+    cliff_threshold: float = _f(0.21, "Confidence threshold tau for the CLIFF rule (Table 10).")
+    backend: Literal["hf", "vllm"] = _f("hf", "Generator backend: hf generate() or vllm (GPU only).")
+    resources: OpResources = _f(OpResources(), "Actor pool resources.")
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.num_return_sequences <= self.num_beams, "augment.low_confidence.num_return_sequences",
+               f"must be in [1, num_beams={self.num_beams}]", self.num_return_sequences)
+
+
+@dataclass
+class EntitySwapConfig:
+    max_swaps: int = _f(2, "Entities replaced per candidate (SPEC §2: <= 2).")
+    max_variations: int = _f(3, "Candidates per source row (Table 10).")
+    resources: OpResources = _f(OpResources(num_gpus=0.0), "Actor pool resources (spaCy).")
+
+
+@dataclass
+class MaskFillConfig:
+    model: str = _f("FacebookAI/roberta-large", "Masked LM used to fill entity masks.")
+    mask_ratio: float = _f(0.15, "Share of tokens masked when the summary has no entity (Table 10).")
+    top_k: int = _f(5, "Sample the fill from the top-k predictions (Table 10).")
+    max_variations: int = _f(1, "Candidates per source row.")
+    resources: OpResources = _f(OpResources(), "Actor pool resources.")
+
+    def __post_init__(self) -> None:
+        _check(0 < self.mask_ratio <= 1, "augment.mask_fill.mask_ratio", "must be in (0, 1]", self.mask_ratio)
+
+
+@dataclass
+class RegenerateConfig:
+    model: str = _f("google/flan-t5-large", "Seq2seq model regenerating masked entity/relation spans.")
+    temperature: float = _f(0.7, "Sampling temperature (Table 10).")
+    do_sample: bool = _f(True, "Sample the regenerated spans.")
+    max_swaps: int = _f(2, "Spans masked per candidate (Table 10: max swaps per sample 2).")
+    max_new_tokens: int = _f(128, "Max tokens generated.")
+    resources: OpResources = _f(OpResources(), "Actor pool resources.")
+
+
+@dataclass
+class ToxicityConfig:
+    backend: Literal["detoxify", "hf", "profanity"] = _f(
+        "detoxify", "detoxify (toxic-bert), any HF sequence classifier, or alt-profanity-check (CPU, offline)."
+    )
+    model: str = _f(
+        "original",
+        "detoxify model type ('original' = unitary/toxic-bert) or a local/tiny checkpoint dir; "
+        "for backend hf, a classifier id.",
+    )
+    label: str = _f("toxicity", "Label whose score is the toxicity (SPEC §2: NOT the top label).")
+    batch_size: int = _f(32, "Texts per scoring call.")
+
+
+@dataclass
+class NerConfig:
+    model: str = _f("en_core_web_trf", "spaCy pipeline for named entities (Section 4.2).")
+
+
+@dataclass
+class AugmentConfig:
+    ops: list[str] = _f(
+        ["backtranslate", "toxic_rewrite", "low_confidence", "entity_swap", "mask_fill", "regenerate"],
+        "Ops to run, in order (SPEC §2).",
+    )
+    min_words: int = _f(3, "Reject candidates with fewer words (Section 4.2).")
+    min_positives: int = _f(2, "Rows with fewer positives are untrainable (Section 5).")
+    backtranslate: BacktranslateConfig = _f(BacktranslateConfig(), "Positive paraphrases via pivots.")
+    toxic_rewrite: ToxicRewriteConfig = _f(ToxicRewriteConfig(), "GPT-Neo toxic rewrites (negatives).")
+    low_confidence: LowConfidenceConfig = _f(LowConfidenceConfig(), "GPT2 inverse beam search (negatives).")
+    entity_swap: EntitySwapConfig = _f(EntitySwapConfig(), "spaCy same-label entity swaps (negatives).")
+    mask_fill: MaskFillConfig = _f(MaskFillConfig(), "RoBERTa entity mask fill (negatives).")
+    regenerate: RegenerateConfig = _f(RegenerateConfig(), "FLAN-T5 span regeneration (negatives).")
+    toxicity: ToxicityConfig = _f(ToxicityConfig(), "Toxicity scorer applied to every candidate.")
+    ner: NerConfig = _f(NerConfig(), "Named-entity recogniser (entity spans of every candidate).")
+
+    def __post_init__(self) -> None:
+        known = ("backtranslate", "toxic_rewrite", "low_confidence", "entity_swap", "mask_fill", "regenerate")
+        for op in self.ops:
+            if op not in known:
+                raise ConfigError(f"augment.ops has unknown op {op!r}; known ops: {', '.join(known)}")
+        _check(self.min_words >= 1, "augment.min_words", "must be >= 1", self.min_words)
+        _check(self.min_positives >= 1, "augment.min_positives", "must be >= 1", self.min_positives)
+
+
+@dataclass
+class TrainConfig:
+    model: str = _f("gpt2", "Causal LM to fine-tune (any AutoModelForCausalLM id or path).")
+    lr: float = _f(5e-4, "AdamW learning rate (Table 12: GPT2 5e-4, Phi2/Llama2 2e-5).")
+    precision: Literal["fp32", "fp16", "bf16"] = _f("fp32", "Training precision (Table 12).")
+    bf16_when_supported: bool = _f(True, "Train fp16 presets in bf16 on GPUs that support it (SPEC §5).")
+    max_length: int = _f(512, "Max tokens of prompt + summary (Table 12); the summary is never cut away.")
+    max_positives: int | None = _f(None, "Positives per group cap (Table 12; null = unlimited).")
+    max_negatives: int | None = _f(None, "Negatives per group cap, re-sampled each epoch (null = unlimited).")
+    epochs: int = _f(4, "Epochs (Table 12).")
+    alpha: float = _f(4.0, "Contrastive loss weight alpha, L = L_ce + alpha * L_cl (eq. 6; Section 5).")
+    tau: float = _f(1.0, "InfoNCE temperature tau (eq. 8; Section 5).")
+    toxic_weight: float = _f(1.5, "w_tox when a toxic_rewrite negative is present (eq. 7).")
+    toxic_weight_scope: Literal["batch", "group"] = _f("batch", "Apply w_tox per batch (paper) or per group.")
+    label_smoothing: float = _f(0.1, "Label smoothing of L_ce (Section 4.3; SPEC §4).")
+    warmup_steps: int = _f(5, "Linear-schedule warm-up steps (Table 12).")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    grad_clip: float = _f(1.0, "Max global grad norm (0 disables).")
+    groups_per_batch: int = _f(4, "Source rows (groups) per worker batch; a batch holds whole groups.")
+    proj_dim: int = _f(128, "Output size of the projection head (eq. 3-4; not given in the paper).")
+    num_workers: int = _f(1, "Ray Train workers (FSDP2 shards).")
+    cpus_per_worker: float = _f(1.0, "CPUs per train worker (budget below the cluster total: ENV.md HANG 2).")
+    checkpoint_every_steps: int = _f(0, "Also checkpoint every N steps (0: per epoch only).")
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "train.lr", "must be > 0", self.lr)
+        _check(self.alpha >= 0, "train.alpha", "must be >= 0", self.alpha)
+        _check(self.tau > 0, "train.tau", "must be > 0", self.tau)
+        _check(self.toxic_weight > 0, "train.toxic_weight", "must be > 0", self.toxic_weight)
+        _check(0 <= self.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)", self.label_smoothing)
+        _check(self.epochs >= 1, "train.epochs", "must be >= 1", self.epochs)
+        _check(self.max_length >= 16, "train.max_length", "must be >= 16", self.max_length)
+        _check(self.max_positives is None or self.max_positives >= 2, "train.max_positives",
+               "must be >= 2 (a positive pair needs two) or null", self.max_positives)
+        _check(self.max_negatives is None or self.max_negatives >= 0, "train.max_negatives",
+               "must be >= 0 or null", self.max_negatives)
+        _check(self.num_workers >= 1, "train.num_workers", "must be >= 1", self.num_workers)
+
+
+@dataclass
+class SweepConfig:
+    alpha: list[float] = _f([1.0, 2.0, 4.0, 8.0, 16.0], "alpha grid (Appendix H, Table 14).")
+    tau: list[float] = _f([1.0], "tau grid.")
+    toxic_weight: list[float] = _f([1.5], "toxic_weight grid.")
+    scheduler: Literal["asha", "fifo"] = _f("asha", "Trial scheduler; ASHA stops weak trials early.")
+    metric: str = _f("val_loss", "Metric the scheduler optimises.")
+    mode: Literal["min", "max"] = _f("min", "Optimisation direction of `metric`.")
+    num_samples: int = _f(1, "Repeats of the grid (random seeds).")
+    max_concurrent_trials: int = _f(0, "0: as many as resources allow.")
+
+
+@dataclass
+class EvalConfig:
+    model: str | None = _f(None, "Model to evaluate (path or id); default: the trained model of this run.")
+    base: str | None = _f(None, "Base model for deltas; default: train.model.")
+    max_new_tokens: int = _f(128, "TL;DR generation length, greedy (Section 5).")
+    nli_model: str = _f(
+        "tals/albert-xlarge-vitaminc-mnli",
+        "NLI classifier for SummaC-style faithfulness (MiniCheck/AlignScore-class models recommended).",
+    )
+    faithfulness_source: Literal["post", "reference"] = _f(
+        "post", "Score faithfulness against the post (paper) or the reference summary (authors' code)."
+    )
+    faithfulness_band: list[float] = _f([0.3, 0.7], "Scores inside this band take max(score, whole-pair).")
+    rtp_top_p: float = _f(0.9, "RealToxicityPrompts nucleus top-p (Section 3).")
+    rtp_temperature: float = _f(0.7, "RealToxicityPrompts temperature (Section 3).")
+    rtp_max_new_tokens: int = _f(100, "RealToxicityPrompts continuation length (Section 3).")
+    mmlu_pro_shots: int = _f(5, "MMLU-Pro chain-of-thought shots from the same subject (Section 3).")
+    limit: int | None = _f(None, "Max items per benchmark (null: all).")
+
+
+@dataclass
+class Config:
+    device: Literal["auto", "cpu", "gpu"] = _f(
+        "auto",
+        "Where models run. gpu: actor pools/workers request GPUs; cpu: they never do; auto: gpu iff the "
+        "DRIVER machine sees CUDA. Set gpu explicitly on autoscaling clusters whose GPU workers start "
+        "at 0 (never inferred from cluster resources at submit time: ENV.md HANG 1).",
+    )
+    seed: int = _f(42, "Seed for sampling, shuffling and initialisation.")
+    ray: RayConfig = _f(RayConfig(), "How the job reaches Ray.")
+    data: DataConfig = _f(DataConfig(), "Reading and validating source rows (SPEC §1).")
+    augment: AugmentConfig = _f(AugmentConfig(), "Contrastive data augmentation (SPEC §2, Table 10).")
+    train: TrainConfig = _f(TrainConfig(), "Contrastive fine-tuning (SPEC §3-5, Table 12).")
+    sweep: SweepConfig = _f(SweepConfig(), "Ray Tune sweeps (SPEC §6, Table 14).")
+    evaluate: EvalConfig = _f(EvalConfig(), "Evaluation (SPEC §7).")
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        return f"list[{_type_name(inner)}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; int->float is the only silent conversion."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key} must be one of {_type_name(tp)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{key} must be {_type_name(tp)}, got null")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
+        (inner,) = typing.get_args(tp)
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} at {key}")  # a bug in this file, not user input
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in values.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            near = difflib.get_close_matches(str(k), names, n=1)
+            hint = f"; did you mean {prefix + '.' if prefix else ''}{near[0]}?" if near else ""
+            raise ConfigError(f"unknown config key {key!r}{hint} (valid: {', '.join(names)})")
+        kwargs[k] = _coerce(v, hints[k], key)
+    # Nested dataclasses given partially: fill the rest with that dataclass's defaults.
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        # __post_init__ messages name the field relative to their own class; make them absolute.
+        msg = str(e)
+        if prefix and not msg.startswith(prefix) and not msg.startswith("unknown"):
+            short = msg.split(" ", 1)[0]
+            if short in names:
+                msg = f"{prefix}.{msg}"
+        raise ConfigError(msg) from None
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {p!r} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.alpha=8"`` -> ``("train.alpha", 8)``; the value is parsed as YAML (8, 0.5, true, [1, 2], null)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part.isidentifier() for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an invalid key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {key}: cannot parse value {raw!r}: {e}") from None
+    return key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a :class:`Config` from defaults, then the YAML file at ``path``, then ``overrides``."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {str(p)!r}: {e.strerror or e}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top, got {type(loaded).__name__}")
+        tree = loaded
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    return _build(Config, tree)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (YAML-serialisable) of a config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """Every leaf field as (dotted key, type, default, help), for --help-config and docs."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    proto = cls()
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows.extend(describe(tp, key + "."))
+        else:
+            rows.append((key, _type_name(tp), getattr(proto, f.name), f.metadata.get("help", "")))
+    return rows

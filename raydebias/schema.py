@@ -1,0 +1,57 @@
+"""Column names and Arrow schemas shared by every stage (declared once, here)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# --- source rows (SPEC §1) ---------------------------------------------------------------------
+ID, POST, SUMMARY, SUBREDDIT, TITLE = "id", "post", "summary", "subreddit", "title"
+SOURCE_COLUMNS = (ID, POST, SUMMARY, SUBREDDIT, TITLE)
+SOURCE_SCHEMA = pa.schema(
+    [
+        pa.field(ID, pa.string(), nullable=False),
+        pa.field(POST, pa.string(), nullable=False),
+        pa.field(SUMMARY, pa.string(), nullable=False),
+        pa.field(SUBREDDIT, pa.string()),
+        pa.field(TITLE, pa.string()),
+    ]
+)
+
+# --- quarantine ------------------------------------------------------------------------------
+# Every row that does not make it into a stage's output lands here with one of these reasons, so
+# that rows in = rows kept + rows quarantined holds at every stage (and is asserted).
+QUARANTINE_REASONS = {
+    "blank_line": "an empty or whitespace-only line inside a JSONL file",
+    "invalid_json": "the line is not valid JSON",
+    "not_an_object": "the JSON value is not an object/record",
+    "invalid_unicode": "a text field holds bytes that are not valid UTF-8 (or lone surrogates)",
+    "missing_field": "a required field (post, summary, prompt, ...) is absent or null",
+    "non_string_field": "a text field is not a string (number, list, object, ...)",
+    "empty_field": "a required text field is empty or whitespace only",
+    "unparseable_prompt": "a CarperAI prompt has no 'POST:' section to take the post from",
+    "post_too_long": "the post is longer than data.max_post_chars",
+    "duplicate_id": "another row with the same id was kept (the first in file order wins)",
+}
+STAGE, SPLIT, REASON, DETAIL, SOURCE_FILE, SOURCE_LINE, RAW = (
+    "stage", "split", "reason", "detail", "source_file", "source_line", "raw",
+)
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field(STAGE, pa.string(), nullable=False),
+        pa.field(SPLIT, pa.string(), nullable=False),
+        pa.field(REASON, pa.string(), nullable=False),
+        pa.field(DETAIL, pa.string(), nullable=False),
+        pa.field(SOURCE_FILE, pa.string(), nullable=False),
+        pa.field(SOURCE_LINE, pa.int64(), nullable=False),
+        pa.field(ID, pa.string()),
+        pa.field(RAW, pa.string(), nullable=False),  # the input record, invalid bytes backslash-escaped
+    ]
+)
+
+# Columns of the intermediate "raw record" datasets produced by the readers.
+REC_FILE, REC_LINE, REC_RAW = "_file", "_line", "_raw"
+RAW_RECORD_SCHEMA = pa.schema(
+    [pa.field(REC_FILE, pa.string()), pa.field(REC_LINE, pa.int64()), pa.field(REC_RAW, pa.binary())]
+)
+# Rank used to choose among rows sharing an id (lower wins; ties broken by file, line).
+REC_RANK = "_rank"

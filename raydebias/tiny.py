@@ -1,0 +1,997 @@
+"""python -m raydebias.tiny OUT_DIR [--only NAME ...] [--force]
+
+The offline tiny-model kit: tiny RANDOM models of exactly the classes the production configs name,
+built here from nothing, because no model hub is reachable on these machines or in CI (ENV.md
+"No model hub"). Each one is a normal `save_pretrained` directory (or a `spacy.load`-able pipeline),
+so `raydebias.models` loads it through the very same code path as the real model:
+
+    NAME          stands in for                          class
+    marian-XX-YY  Helsinki-NLP/opus-mt-XX-YY             MarianMTModel (+ MarianTokenizer)
+    gpt-neo       EleutherAI/gpt-neo-2.7B                GPTNeoForCausalLM (+ GPT2Tokenizer)
+    gpt2          gpt2                                   GPT2LMHeadModel (+ GPT2Tokenizer)
+    roberta-mlm   FacebookAI/roberta-large               RobertaForMaskedLM (+ RobertaTokenizer)
+    flan-t5       google/flan-t5-large                   T5ForConditionalGeneration, gated-gelu
+    toxic-bert    detoxify "original" (unitary/toxic-bert) BertForSequenceClassification, 6 labels,
+                                                         + a detoxify checkpoint file
+    spacy-ner     en_core_web_trf (NER only)             spacy.blank("en") + entity_ruler
+
+Config files say `model: tiny:gpt2`; `raydebias.models.resolve_model` calls `ensure("gpt2")`, which
+builds the model into the cache (`$RAYDEBIAS_TINY_DIR`, else ~/.cache/raydebias/tiny) on first use.
+
+Every transformers model has 2 layers and hidden size 64. The tokenizers are trained here, on a
+deterministic corpus: all string values of the shipped sample data (raydebias/samples/**/*.jsonl), a
+built-in English text with German/French/Spanish sentences (for Marian), and every printable ASCII
+character (ENV.md: characters missing from a unigram/WordPiece training text become <unk>).
+
+Builds are deterministic (fixed seed per model, single-threaded tokenizer training), cached and
+idempotent: each model directory holds a stamp with the kit version and a hash of its inputs, and a
+model whose stamp matches is not rebuilt. A build happens in a temporary sibling directory that is
+renamed into place under a per-model file lock, so Ray actors on one node calling `ensure` at the
+same time neither corrupt the cache nor build twice.
+
+CLI output: one line per model, `NAME<TAB>PATH<TAB>built|cached`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import string
+import sys
+import tempfile
+import uuid
+import warnings
+import zlib
+from collections.abc import Callable, Iterable
+from importlib import metadata
+from pathlib import Path
+
+from filelock import FileLock
+
+# Bump whenever a builder changes what it writes: the stamps of existing caches then stop matching
+# and every model is rebuilt on its next `ensure`.
+KIT_VERSION = "raydebias-tiny-1"
+
+STAMP_FILE = ".tiny-stamp.json"
+# The detoxify checkpoint inside the toxic-bert directory (see `_build_toxic_bert`).
+DETOXIFY_CHECKPOINT = "toxic_original_tiny.ckpt"
+TOXIC_LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
+
+SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
+# Shipped samples are small; the cap only keeps a large future sample set from making tokenizer
+# training (and so every cold `ensure`) slow. Deterministic: files are read in sorted order.
+MAX_SAMPLE_CHARS = 2_000_000
+
+# Shared shape of every transformers model in the kit.
+HIDDEN = 64
+LAYERS = 2
+HEADS = 4
+FFN = 128
+VOCAB_SIZE = 1000
+LOCK_TIMEOUT_S = 600
+
+PRINTABLE = "".join(ch for ch in string.printable if ch.isprintable())  # printable ASCII, space included
+
+# ---------------------------------------------------------------------------------------------------
+# Built-in training text. Reddit-flavoured English (with the names, sums and dates the pipelines
+# look for), plus German, French and Spanish so the Marian tokenizers see both sides of each pair.
+# ---------------------------------------------------------------------------------------------------
+BUILTIN_TEXT = """\
+My roommate and I have been friends since high school, but lately things have been rough. Last month he
+stopped paying his share of the rent ($450) and now he says he will pay me back "next week".
+TL;DR: roommate owes me money and keeps making excuses. How do I bring it up without ruining our friendship?
+I (24F) have been dating my boyfriend (26M) for two years. On June 14 he forgot my birthday again,
+and when I mentioned it he said it was "not a big deal". Am I overreacting?
+So I work at a small coffee shop in Chicago. Yesterday a customer yelled at me for five minutes because
+we ran out of oat milk. My manager, Gregory Helms, told me to apologize even though it wasn't my fault.
+We moved from Texas to New York in 2019. The rent went up 30% this year and I'm thinking of moving back.
+My sister Emily is getting married on Saturday, October 3rd, and she asked me to give a speech. I hate
+public speaking! Any tips? I have about 3 minutes and I don't want to embarrass her in front of 150 people.
+I paid $40 for a concert ticket online and it turned out to be fake. The seller, Mike Johnson, blocked me.
+Can I get my money back through PayPal or my bank (Chase)? It happened two weeks ago, at 10:30 pm.
+The first time I went to the gym I had no idea what I was doing. Now, 6 months later, I've lost 20 pounds.
+Women and men, old and young: everyone deserves respect. He said she was smart; she said he was kind.
+My dad is a doctor and my mom is a nurse. My brother wants to be an engineer at Google or Microsoft.
+She is a great teacher. He is a great teacher. They are great teachers. Thanks for reading, and sorry for
+the long post! Edit: thanks for all the advice, everyone. Update: we talked and it's fine now :)
+Der Hund spielt im Garten. Ich habe gestern mit meiner Schwester gesprochen. Wir fahren morgen nach Berlin.
+Das Wetter ist heute schön, aber es wird kalt. Kannst du mir bitte helfen? Ich verstehe das nicht.
+Le chat dort sur le canapé. J'ai parlé avec ma soeur hier soir. Nous allons à Paris la semaine prochaine.
+Il fait beau aujourd'hui, mais il va faire froid. Peux-tu m'aider, s'il te plaît ? Je ne comprends pas.
+El perro juega en el jardín. Ayer hablé con mi hermana. Mañana vamos a Madrid con nuestros amigos.
+Hoy hace buen tiempo, pero mañana hará frío. ¿Puedes ayudarme, por favor? ¡No lo entiendo!
+"""
+
+# ---------------------------------------------------------------------------------------------------
+# Built-in gazetteer for spacy-ner (OntoNotes labels, as en_core_web_trf uses them).
+# ---------------------------------------------------------------------------------------------------
+ONTONOTES_LABELS = (
+    "PERSON", "NORP", "FAC", "ORG", "GPE", "LOC", "PRODUCT", "EVENT", "WORK_OF_ART", "LAW",
+    "LANGUAGE", "DATE", "TIME", "PERCENT", "MONEY", "QUANTITY", "ORDINAL", "CARDINAL",
+)  # fmt: skip
+
+# Month names are kept out of the first names (no "June", "April", "May") so a month is never PERSON.
+FIRST_NAMES = """
+James John Robert Michael William David Richard Joseph Thomas Charles Christopher Daniel Matthew
+Anthony Mark Donald Steven Paul Andrew Joshua Kenneth Kevin Brian George Timothy Ronald Edward Jason
+Jeffrey Ryan Jacob Gary Nicholas Eric Jonathan Stephen Larry Justin Scott Brandon Benjamin Samuel
+Gregory Alexander Frank Patrick Raymond Jack Dennis Jerry Tyler Aaron Jose Adam Nathan Henry Douglas
+Zachary Peter Kyle Ethan Walter Noah Jeremy Christian Keith Roger Terry Austin Sean Gerald Carl Harold
+Dylan Arthur Lawrence Jordan Jesse Bryan Billy Bruce Gabriel Joe Logan Alan Juan Albert Willie Elijah
+Wayne Randy Vincent Mason Roy Ralph Bobby Russell Bradley Philip Eugene Mike Chris Dave Tom Steve Matt
+Nick Jake Ben Sam Alex Luke Liam Lucas Oliver Muhammad Mohammed Ahmed Ali Omar Hassan Raj Arjun Rahul
+Wei Jun Hiroshi Kenji Carlos Luis Miguel Diego Pedro Pablo Hans Klaus Pierre Jean Francois Ivan Dmitri
+Mary Patricia Jennifer Linda Elizabeth Barbara Susan Jessica Sarah Karen Lisa Nancy Betty Margaret
+Sandra Ashley Kimberly Emily Donna Michelle Carol Amanda Dorothy Melissa Deborah Stephanie Rebecca
+Sharon Laura Cynthia Kathleen Amy Angela Shirley Anna Brenda Pamela Emma Nicole Helen Samantha
+Katherine Christine Debra Rachel Carolyn Janet Catherine Maria Heather Diane Ruth Julie Olivia Joyce
+Virginia Victoria Kelly Lauren Christina Joan Evelyn Judith Megan Andrea Cheryl Hannah Jacqueline
+Martha Gloria Teresa Ann Sara Madison Frances Kathryn Janice Jean Abigail Alice Judy Sophia Grace
+Denise Amber Doris Marilyn Danielle Beverly Isabella Theresa Diana Natalie Brittany Charlotte Marie
+Kayla Alexis Lori Ava Mia Chloe Zoe Lily Ella Jenny Katie Kate Becky Jess Priya Aisha Fatima Mei Yuki
+Sofia Lucia Camila Valentina Ingrid Greta Sophie Claire Chantal Olga Natasha Leila Layla
+""".split()
+
+SURNAMES = """
+Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez Martinez Hernandez Lopez Gonzalez
+Wilson Anderson Thomas Taylor Moore Jackson Martin Lee Perez Thompson White Harris Sanchez Clark
+Ramirez Lewis Robinson Walker Young Allen King Wright Scott Torres Nguyen Hill Flores Green Adams Nelson
+Baker Hall Rivera Campbell Mitchell Carter Roberts Gomez Phillips Evans Turner Diaz Parker Cruz Edwards
+Collins Reyes Stewart Morris Morales Murphy Cook Rogers Gutierrez Ortiz Morgan Cooper Peterson Bailey
+Reed Kelly Howard Ramos Kim Cox Ward Richardson Watson Brooks Chavez Wood James Bennett Gray Mendoza
+Ruiz Hughes Price Alvarez Castillo Sanders Patel Myers Long Ross Foster Jimenez Helms Schmidt Mueller
+Schneider Fischer Weber Dubois Moreau Laurent Rossi Russo Ferrari Kowalski Ivanov Tanaka Suzuki Sato
+Wang Li Zhang Chen Liu Singh Kumar Sharma Khan Ahmed Cohen Levy Obama Trump Biden Clinton Bush Musk
+""".split()
+
+PERSON_PHRASES = """
+Barack Obama|Donald Trump|Joe Biden|Hillary Clinton|George Bush|Elon Musk|Jeff Bezos|Bill Gates|
+Mark Zuckerberg|Steve Jobs|Taylor Swift|Beyonce|Oprah Winfrey|Kim Kardashian|Kanye West|LeBron James|
+Michael Jordan|Tom Brady|Serena Williams|Albert Einstein|Jesus|Jesus Christ|Gandhi|Shakespeare|
+Harry Styles|Justin Bieber|Joe Rogan|Gordon Ramsay|Keanu Reeves|Tom Hanks|Emma Watson
+"""
+
+GPE_PHRASES = """
+United States|United States of America|USA|US|U.S.|America|United Kingdom|UK|U.K.|Britain|
+Great Britain|England|Scotland|Wales|Ireland|Northern Ireland|Canada|Mexico|Brazil|Argentina|Chile|
+Colombia|Peru|Venezuela|Cuba|France|Germany|Spain|Portugal|Italy|Netherlands|Belgium|Switzerland|
+Austria|Sweden|Norway|Denmark|Finland|Poland|Ukraine|Russia|Greece|Turkey|Israel|Iran|Iraq|Syria|
+Saudi Arabia|Egypt|Nigeria|Kenya|South Africa|Ethiopia|Morocco|India|Pakistan|Bangladesh|China|Japan|
+South Korea|North Korea|Korea|Vietnam|Thailand|Philippines|Indonesia|Malaysia|Singapore|Australia|
+New Zealand|Afghanistan|Alabama|Alaska|Arizona|Arkansas|California|Colorado|Connecticut|Delaware|
+Florida|Georgia|Hawaii|Idaho|Illinois|Indiana|Iowa|Kansas|Kentucky|Louisiana|Maine|Maryland|
+Massachusetts|Michigan|Minnesota|Mississippi|Missouri|Montana|Nebraska|Nevada|New Hampshire|
+New Jersey|New Mexico|New York|North Carolina|North Dakota|Ohio|Oklahoma|Oregon|Pennsylvania|
+Rhode Island|South Carolina|South Dakota|Tennessee|Texas|Utah|Vermont|Virginia|Washington|
+West Virginia|Wisconsin|Wyoming|New York City|NYC|Los Angeles|LA|Chicago|Houston|Phoenix|Philadelphia|
+San Antonio|San Diego|Dallas|Austin|San Francisco|Seattle|Denver|Boston|Atlanta|Miami|Las Vegas|
+Portland|Detroit|Nashville|Baltimore|Minneapolis|New Orleans|Orlando|Toronto|Vancouver|Montreal|
+London|Manchester|Paris|Berlin|Munich|Madrid|Barcelona|Rome|Milan|Amsterdam|Brussels|Vienna|Zurich|
+Stockholm|Oslo|Copenhagen|Dublin|Warsaw|Moscow|Istanbul|Dubai|Cairo|Lagos|Nairobi|Mumbai|Delhi|
+New Delhi|Bangalore|Beijing|Shanghai|Hong Kong|Tokyo|Osaka|Seoul|Bangkok|Manila|Jakarta|Sydney|
+Melbourne|Mexico City|Sao Paulo|Rio de Janeiro|Buenos Aires
+"""
+
+ORG_PHRASES = """
+Google|Alphabet|Microsoft|Apple|Amazon|Facebook|Meta|Netflix|Tesla|SpaceX|Twitter|Reddit|YouTube|
+Instagram|TikTok|Snapchat|LinkedIn|Uber|Lyft|Airbnb|PayPal|Venmo|Spotify|Intel|IBM|Oracle|Nvidia|
+Samsung|Sony|Nintendo|Toyota|Honda|Ford|General Motors|GM|BMW|Volkswagen|Walmart|Target|Costco|
+Starbucks|McDonald's|McDonalds|Burger King|Wendy's|Subway|Chipotle|Taco Bell|Coca-Cola|Pepsi|Nike|
+Adidas|Disney|Comcast|Verizon|AT&T|T-Mobile|FedEx|UPS|Home Depot|Best Buy|IKEA|Chase|JPMorgan|
+JPMorgan Chase|Bank of America|Wells Fargo|Citibank|Citi|Goldman Sachs|Morgan Stanley|Capital One|
+HSBC|Barclays|Harvard|Harvard University|Yale|Stanford|Stanford University|MIT|Princeton|Columbia|
+Columbia University|UCLA|Berkeley|NYU|Oxford|Oxford University|Cambridge|Cambridge University|
+FBI|CIA|NSA|IRS|FDA|CDC|NASA|EPA|DMV|TSA|ICE|NHS|UN|United Nations|NATO|EU|European Union|WHO|
+World Health Organization|Red Cross|Congress|Senate|Supreme Court|White House|Pentagon|
+Democratic Party|Republican Party|NFL|NBA|MLB|NHL|FIFA|ESPN|CNN|Fox News|BBC|New York Times|
+Washington Post|Walgreens|CVS|Kaiser|Blue Cross|OpenAI
+"""
+
+NORP_PHRASES = """
+American|Americans|British|Canadian|Canadians|Mexican|Mexicans|Brazilian|French|German|Germans|
+Spanish|Italian|Italians|Dutch|Swedish|Norwegian|Danish|Polish|Ukrainian|Russian|Russians|Greek|
+Turkish|Israeli|Israelis|Iranian|Iraqi|Syrian|Saudi|Egyptian|Nigerian|Kenyan|Indian|Indians|
+Pakistani|Chinese|Japanese|Korean|Koreans|Vietnamese|Thai|Filipino|Filipina|Indonesian|Australian|
+Australians|Irish|Scottish|Welsh|English|European|Europeans|African|Africans|African American|
+African Americans|Asian|Asians|Asian American|Asian Americans|Hispanic|Hispanics|Latino|Latinos|
+Latina|Latinas|Latinx|Arab|Arabs|Native American|Native Americans|Christian|Christians|Catholic|
+Catholics|Protestant|Protestants|Muslim|Muslims|Islamic|Jewish|Jews|Jew|Hindu|Hindus|Buddhist|
+Buddhists|Sikh|Sikhs|Mormon|Mormons|Evangelical|Evangelicals|Democrat|Democrats|Democratic|
+Republican|Republicans|Liberal|Liberals|Conservative|Conservatives|Communist|Communists
+"""
+
+LOC_PHRASES = """
+Europe|Asia|Africa|North America|South America|Latin America|Central America|Antarctica|
+Middle East|the Middle East|Southeast Asia|East Coast|West Coast|Midwest|the Midwest|
+Pacific Ocean|Atlantic Ocean|Pacific|Atlantic|Mediterranean|Caribbean|Gulf of Mexico|Alps|
+Rocky Mountains|Rockies|Mount Everest|Sahara|Amazon River|Mississippi River|Bay Area|Silicon Valley
+"""
+
+FAC_PHRASES = """
+Golden Gate Bridge|Brooklyn Bridge|Empire State Building|Eiffel Tower|Statue of Liberty|
+Times Square|Central Park|JFK|JFK Airport|LAX|Heathrow|O'Hare|Madison Square Garden|
+Walt Disney World|Disneyland|Grand Central|Penn Station|Yankee Stadium|Wembley
+"""
+
+PRODUCT_PHRASES = """
+iPhone|iPad|MacBook|AirPods|Apple Watch|Android|Windows|Windows 10|Windows 11|Xbox|PlayStation|PS5|
+PS4|Nintendo Switch|Switch|Kindle|Alexa|Siri|ChatGPT|Model 3|Model S|Model Y|Prius|Civic|Corolla|
+F-150|Galaxy|Pixel|Photoshop|Excel|Word|Zoom|Discord|Tinder|Bumble|Hinge|Minecraft|Fortnite|Roblox
+"""
+
+EVENT_PHRASES = """
+World War I|World War II|WWI|WWII|the Great Depression|Super Bowl|the Super Bowl|World Cup|
+the World Cup|Olympics|the Olympics|Olympic Games|Coachella|Black Friday|Cyber Monday|March Madness|
+Comic-Con|Burning Man|Hurricane Katrina|9/11|the Holocaust|Brexit
+"""
+
+WORK_OF_ART_PHRASES = """
+Harry Potter|Game of Thrones|The Office|Friends|Breaking Bad|Star Wars|Star Trek|The Lord of the Rings|
+Lord of the Rings|The Simpsons|Stranger Things|The Bible|Bible|Quran|Mona Lisa|Hamlet|Romeo and Juliet|
+The Godfather|Titanic|Frozen|Avengers|The Avengers|Pokemon
+"""
+
+LAW_PHRASES = """
+Constitution|the Constitution|First Amendment|Second Amendment|Fourth Amendment|Fifth Amendment|
+Bill of Rights|Affordable Care Act|Obamacare|Roe v. Wade|Civil Rights Act|Title IX|FMLA|ADA|
+Americans with Disabilities Act|HIPAA|GDPR|Fair Housing Act|Patriot Act
+"""
+
+LANGUAGE_PHRASES = """
+Mandarin|Cantonese|Hindi|Urdu|Bengali|Tagalog|Swahili|Esperanto|Latin|Hebrew|Farsi|Persian|
+Portuguese|Arabic|Russian language|Sign Language|ASL
+"""
+
+# Holidays are DATE in OntoNotes.
+DATE_PHRASES = """
+Christmas|Christmas Eve|Thanksgiving|Halloween|Easter|New Year|New Year's|New Year's Eve|
+New Year's Day|Valentine's Day|Mother's Day|Father's Day|Independence Day|Memorial Day|Labor Day|
+the Fourth of July|Fourth of July|Ramadan|Hanukkah|Diwali|Passover|Black History Month
+"""
+
+MONTHS = """January February March April May June July August September October November December
+Jan Feb Mar Apr Jun Jul Aug Sep Sept Oct Nov Dec""".split()
+WEEKDAYS = """Monday Tuesday Wednesday Thursday Friday Saturday Sunday
+Mondays Tuesdays Wednesdays Thursdays Fridays Saturdays Sundays""".split()
+NUMBER_WORDS = """zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen
+fifteen sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety
+hundred thousand million billion trillion dozen""".split()
+ORDINAL_WORDS = """first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth
+thirteenth fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth twentieth thirtieth
+fortieth fiftieth hundredth thousandth""".split()
+DATE_UNITS = "day days week weeks weekend weekends month months year years decade decades".split()
+TIME_UNITS = "hour hours minute minutes second seconds".split()
+QUANTITY_UNITS = """mile miles km kilometers kilometres meter meters metre metres foot feet ft inch inches
+pound pounds lb lbs kg kilos kilograms gram grams ounce ounces oz gallon gallons liter liters litre
+litres acre acres""".split()
+MONEY_WORDS = "dollar dollars bucks usd cents euro euros grand".split()
+CURRENCY_SYMBOLS = ["$", "£", "€"]
+TITLES = "Mr. Mrs. Ms. Dr. Mr Mrs Ms Dr Prof. Professor Officer Judge Senator President".split()
+
+DAY_RE = r"^(?:[1-9]|[12]\d|3[01])(?:st|nd|rd|th)?$"
+YEAR_RE = r"^(?:19|20)\d\d$"
+DECADE_RE = r"^(?:(?:19|20)?\d0'?s|'\d0s)$"
+# Digits that are not a 4-digit year 1900-2099 (those are DATE, and two labels on the same span
+# would make the winner depend on match order).
+CARDINAL_RE = r"^(?!(?:19|20)\d\d$)\d+(?:[.,]\d+)*$"
+NUMBER_RE = r"^\d+(?:[.,]\d+)*$"
+ORDINAL_RE = r"^\d*(?:1st|2nd|3rd|[04-9]th|1[1-3]th)$"
+CLOCK_RE = r"^(?:[01]?\d|2[0-3]):[0-5]\d$"
+HOUR_RE = r"^(?:[1-9]|1[0-2])$"
+MONEY_SUFFIX_RE = r"^\d+(?:\.\d+)?[kKmMbB]$"
+
+
+def _phrases(block: str) -> list[str]:
+    """Split a '|'-separated block of phrases (newlines are only layout)."""
+    return [p.strip() for p in block.replace("\n", "").split("|") if p.strip()]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inputs: training corpus and gazetteer (both hashed into the stamps).
+# ---------------------------------------------------------------------------------------------------
+def _string_values(obj) -> Iterable[str]:
+    """Every string value in a parsed JSON document, depth first, in document order."""
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _string_values(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from _string_values(value)
+
+
+def _sorted_files(pattern: str) -> list[Path]:
+    """Sample files matching `pattern` under raydebias/samples, in a machine-independent order."""
+    if not SAMPLES_DIR.is_dir():
+        return []
+    return sorted(SAMPLES_DIR.glob(pattern), key=lambda p: p.relative_to(SAMPLES_DIR).as_posix())
+
+
+def sample_strings() -> list[str]:
+    """All string values of the shipped sample JSONL files, capped at MAX_SAMPLE_CHARS in total.
+
+    The shipped data is what smoke runs feed the tiny models, so training the tokenizers on it keeps
+    <unk> rare and sequence lengths realistic.
+    """
+    out: list[str] = []
+    total = 0
+    for path in _sorted_files("**/*.jsonl"):
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(
+                        f"{path}:{lineno}: not valid JSON ({exc.msg}); the tiny-model kit trains its "
+                        "tokenizers on the shipped samples, so fix or remove that line"
+                    ) from exc
+                for text in _string_values(record):
+                    if total >= MAX_SAMPLE_CHARS:
+                        return out
+                    out.append(text)
+                    total += len(text)
+    return out
+
+
+def training_corpus() -> list[str]:
+    """The tokenizer training text as lines: built-in text, then samples, then printable ASCII."""
+    lines = [ln.strip() for ln in BUILTIN_TEXT.splitlines()]
+    for text in sample_strings():
+        lines.extend(ln.strip() for ln in text.splitlines())
+    lines.append(PRINTABLE)
+    return [ln for ln in lines if ln]
+
+
+def _gazetteer_from_tsv() -> list[tuple[str, str]]:
+    """(text, label) lines of raydebias/samples/**/entities/*.tsv; '#' comments and a header allowed."""
+    entries: list[tuple[str, str]] = []
+    for path in _sorted_files("**/entities/*.tsv"):
+        with open(path, encoding="utf-8") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                line = raw.rstrip("\r\n")
+                if not line.strip() or line.lstrip().startswith("#"):
+                    continue
+                parts = line.split("\t")
+                if lineno == 1 and [p.strip().upper() for p in parts] == ["TEXT", "LABEL"]:
+                    continue
+                if len(parts) != 2 or not parts[0].strip():
+                    raise ValueError(f"{path}:{lineno}: expected 'TEXT<TAB>LABEL', got {line!r}")
+                text, label = parts[0].strip(), parts[1].strip().upper()
+                if label not in ONTONOTES_LABELS:
+                    raise ValueError(
+                        f"{path}:{lineno}: unknown entity label {label!r}; use one of {', '.join(ONTONOTES_LABELS)}"
+                    )
+                entries.append((text, label))
+    return entries
+
+
+def ner_patterns() -> list[dict]:
+    """All entity_ruler patterns of spacy-ner, in a deterministic order.
+
+    Phrase patterns come from the built-in gazetteer, overridden by the shipped TSV gazetteer (the
+    project's own data knows better). Token patterns cover the number-like entity types.
+    """
+    phrases: dict[str, str] = {}
+    builtin = [
+        ("PERSON", _phrases(PERSON_PHRASES) + FIRST_NAMES),
+        ("GPE", _phrases(GPE_PHRASES)),
+        ("ORG", _phrases(ORG_PHRASES)),
+        ("NORP", _phrases(NORP_PHRASES)),
+        ("LOC", _phrases(LOC_PHRASES)),
+        ("FAC", _phrases(FAC_PHRASES)),
+        ("PRODUCT", _phrases(PRODUCT_PHRASES)),
+        ("EVENT", _phrases(EVENT_PHRASES)),
+        ("WORK_OF_ART", _phrases(WORK_OF_ART_PHRASES)),
+        ("LAW", _phrases(LAW_PHRASES)),
+        ("LANGUAGE", _phrases(LANGUAGE_PHRASES)),
+        ("DATE", _phrases(DATE_PHRASES)),
+    ]
+    for label, texts in builtin:
+        for text in texts:
+            phrases.setdefault(text, label)
+    for text, label in _gazetteer_from_tsv():
+        phrases[text] = label
+    patterns: list[dict] = [{"label": label, "pattern": text} for text, label in sorted(phrases.items())]
+
+    def tok(label: str, *pattern: dict) -> None:
+        patterns.append({"label": label, "pattern": list(pattern)})
+
+    number = {"TEXT": {"REGEX": NUMBER_RE}}
+    number_word = {"LOWER": {"IN": NUMBER_WORDS}}
+    month = {"ORTH": {"IN": MONTHS}}
+    day = {"TEXT": {"REGEX": DAY_RE}}
+    year = {"TEXT": {"REGEX": YEAR_RE}}
+    not_name = MONTHS + WEEKDAYS + TITLES + ["I"]
+
+    # PERSON: known first name + a capitalised word; a capitalised word + known surname; title + name.
+    tok("PERSON", {"ORTH": {"IN": FIRST_NAMES}}, {"IS_TITLE": True, "IS_STOP": False, "ORTH": {"NOT_IN": not_name}})
+    tok("PERSON", {"IS_TITLE": True, "IS_STOP": False, "ORTH": {"NOT_IN": not_name}}, {"ORTH": {"IN": SURNAMES}})
+    tok("PERSON", {"ORTH": {"IN": TITLES}}, {"IS_TITLE": True, "IS_STOP": False, "ORTH": {"NOT_IN": not_name}})
+    tok("PERSON", {"ORTH": {"IN": TITLES}}, {"IS_TITLE": True}, {"IS_TITLE": True, "IS_STOP": False})
+    # MONEY: $40, $1,200.50, $40k, $5 million, 40 dollars, 20 bucks.
+    for symbol in CURRENCY_SYMBOLS:
+        tok("MONEY", {"ORTH": symbol}, number)
+        tok("MONEY", {"ORTH": symbol}, {"TEXT": {"REGEX": MONEY_SUFFIX_RE}})
+        tok("MONEY", {"ORTH": symbol}, number, {"LOWER": {"IN": ["k", "thousand", "million", "billion", "grand"]}})
+    tok("MONEY", number, {"LOWER": {"IN": MONEY_WORDS}})
+    tok("MONEY", number_word, {"LOWER": {"IN": MONEY_WORDS}})
+    tok("MONEY", number_word, number_word, {"LOWER": {"IN": MONEY_WORDS}})
+    # DATE: June | June 14 | June 14, 2019 | June 2019 | 14 June (2019) | the 14th of June | weekdays |
+    # years | decades | last/next week | two weeks (ago) | today.
+    tok("DATE", month)
+    tok("DATE", month, day)
+    tok("DATE", month, day, {"ORTH": ","}, year)
+    tok("DATE", month, day, year)
+    tok("DATE", month, year)
+    tok("DATE", day, month)
+    tok("DATE", day, month, year)
+    tok("DATE", {"LOWER": "the"}, day, {"LOWER": "of"}, month)
+    tok("DATE", {"ORTH": {"IN": WEEKDAYS}})
+    tok("DATE", {"ORTH": {"IN": WEEKDAYS}}, {"ORTH": ","}, month, day)
+    tok("DATE", {"ORTH": {"IN": WEEKDAYS}}, month, day)
+    tok("DATE", year)
+    tok("DATE", {"TEXT": {"REGEX": DECADE_RE}})
+    tok("DATE", {"LOWER": "the"}, {"TEXT": {"REGEX": DECADE_RE}})
+    tok("DATE", {"LOWER": {"IN": ["today", "yesterday", "tomorrow"]}})
+    relative_targets = DATE_UNITS + [w.lower() for w in WEEKDAYS] + ["summer", "winter", "spring", "fall"]
+    tok("DATE", {"LOWER": {"IN": ["last", "next", "this", "that"]}}, {"LOWER": {"IN": relative_targets}})
+    for amount in (number, number_word, {"LOWER": {"IN": ["a", "an", "few", "several", "couple"]}}):
+        tok("DATE", amount, {"LOWER": {"IN": DATE_UNITS}})
+        tok("DATE", amount, {"LOWER": {"IN": DATE_UNITS}}, {"LOWER": "ago"})
+        tok("DATE", amount, {"LOWER": {"IN": DATE_UNITS}}, {"LOWER": "old"})
+    tok("DATE", {"LOWER": "a"}, {"LOWER": {"IN": ["few", "couple"]}}, {"LOWER": "of", "OP": "?"},
+        {"LOWER": {"IN": DATE_UNITS}}, {"LOWER": "ago"})  # fmt: skip
+    # TIME: 3pm, 3 p.m., 10:30, 10:30pm, two hours, tonight, last night, this morning.
+    ampm = {"LOWER": {"IN": ["am", "pm", "a.m.", "p.m."]}}
+    tok("TIME", {"TEXT": {"REGEX": HOUR_RE}}, ampm)
+    tok("TIME", {"TEXT": {"REGEX": CLOCK_RE}})
+    tok("TIME", {"TEXT": {"REGEX": CLOCK_RE}}, ampm)
+    tok("TIME", {"LOWER": {"IN": ["noon", "midnight", "tonight"]}})
+    tok("TIME", {"LOWER": {"IN": ["last", "this", "tomorrow", "yesterday"]}},
+        {"LOWER": {"IN": ["night", "morning", "afternoon", "evening"]}})  # fmt: skip
+    for amount in (number, number_word, {"LOWER": {"IN": ["an", "a", "few", "several"]}}):
+        tok("TIME", amount, {"LOWER": {"IN": TIME_UNITS}})
+    # PERCENT: 50%, 50 percent, fifty percent.
+    tok("PERCENT", number, {"ORTH": "%"})
+    tok("PERCENT", number, {"LOWER": {"IN": ["percent", "pct"]}})
+    tok("PERCENT", number_word, {"LOWER": {"IN": ["percent", "pct"]}})
+    # QUANTITY: 20 pounds, 5 miles.
+    tok("QUANTITY", number, {"LOWER": {"IN": QUANTITY_UNITS}})
+    tok("QUANTITY", number_word, {"LOWER": {"IN": QUANTITY_UNITS}})
+    # ORDINAL: first, 3rd.
+    tok("ORDINAL", {"LOWER": {"IN": ORDINAL_WORDS}})
+    tok("ORDINAL", {"TEXT": {"REGEX": ORDINAL_RE}})
+    # CARDINAL: 150, 1,200, two, twenty five (years 1900-2099 are DATE instead).
+    tok("CARDINAL", {"TEXT": {"REGEX": CARDINAL_RE}})
+    tok("CARDINAL", {"LOWER": {"IN": NUMBER_WORDS}, "OP": "+"})
+    return patterns
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tokenizer training (shared between models; memoised per build call).
+# ---------------------------------------------------------------------------------------------------
+class _Inputs:
+    """Lazily computed build inputs, shared by all models of one `build` call."""
+
+    def __init__(self) -> None:
+        self._corpus: list[str] | None = None
+        self._patterns: list[dict] | None = None
+        self._memo: dict[str, object] = {}
+
+    @property
+    def corpus(self) -> list[str]:
+        if self._corpus is None:
+            self._corpus = training_corpus()
+        return self._corpus
+
+    @property
+    def patterns(self) -> list[dict]:
+        if self._patterns is None:
+            self._patterns = ner_patterns()
+        return self._patterns
+
+    def memo(self, key: str, make: Callable[[], object]):
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+
+def _train_byte_bpe(corpus: list[str], special_tokens: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Byte-level BPE as GPT-2 and RoBERTa use (ENV.md: ByteLevel alphabet, trained with `tokenizers`).
+
+    Byte level means no character is ever <unk>.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer)
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return model["vocab"], merges
+
+
+def _train_wordpiece(corpus: list[str]) -> dict[str, int]:
+    """An uncased WordPiece vocabulary for BERT's normalizer and pre-tokenizer (ENV.md toxic-bert recipe).
+
+    tokenizers' WordPieceTrainer is not reproducible across processes: it creates the "##x" pieces
+    while iterating a hash map, and merge ties are broken by id, so ids AND the learnt set change from
+    run to run (measured here). Its BpeTrainer without a continuing-subword prefix is reproducible, so
+    we learn BPE pieces on the BERT-normalised, BERT-pre-tokenised corpus and allow each piece both at
+    the start of a word (`piece`) and inside one (`##piece`). Every character of the corpus and of
+    printable ASCII is a piece, so greedy longest-match WordPiece never needs [UNK] for them.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE // 2 + len(specials),
+        special_tokens=specials,
+        initial_alphabet=sorted(set(PRINTABLE.lower()) - {" "}),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer)
+    bpe_vocab = json.loads(tok.to_str())["model"]["vocab"]
+    vocab = {token: i for i, token in enumerate(specials)}
+    for piece in sorted(bpe_vocab, key=bpe_vocab.__getitem__):
+        if piece not in vocab:
+            vocab[piece] = len(vocab)
+            vocab.setdefault("##" + piece, len(vocab))
+    return vocab
+
+
+def _train_sentencepiece(corpus: list[str]) -> bytes:
+    """A sentencepiece unigram model (Marian's source.spm/target.spm format), serialised.
+
+    num_threads=1 keeps training bit-reproducible; character_coverage=1.0 keeps every character of
+    the corpus (printable ASCII included) in the vocabulary; hard_vocab_limit=False lets a small corpus
+    yield fewer pieces instead of failing. Identity normalisation, because the T5 vocabulary is taken
+    from the same model (`_t5_vocab`) and T5Tokenizer applies no sentencepiece normaliser.
+    """
+    import io
+
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus),
+        model_writer=buf,
+        model_type="unigram",
+        vocab_size=VOCAB_SIZE,
+        hard_vocab_limit=False,
+        character_coverage=1.0,
+        normalization_rule_name="identity",
+        num_threads=1,
+        max_sentence_length=1 << 16,
+        minloglevel=2,
+    )
+    return buf.getvalue()
+
+
+def _spm_pieces(spm_bytes: bytes) -> list[tuple[str, float]]:
+    """(piece, score) of a serialised sentencepiece model, in id order."""
+    import sentencepiece as spm
+
+    processor = spm.SentencePieceProcessor(model_proto=spm_bytes)
+    return [(processor.id_to_piece(i), processor.get_score(i)) for i in range(processor.get_piece_size())]
+
+
+def _t5_vocab(spm_bytes: bytes) -> list[tuple[str, float]]:
+    """T5Tokenizer's (piece, score) list: <pad>=0, </s>=1, <unk>=2, then unigram pieces.
+
+    T5Tokenizer is a tokenizers Unigram model with a Metaspace pre-tokenizer built from these scores.
+    The scores come from sentencepiece (as real T5's did), not tokenizers' UnigramTrainer: the latter
+    is not reproducible across processes (measured: scores differ by ~4e-11 and piece order changes),
+    which would break the kit's determinism.
+    """
+    specials = ["<pad>", "</s>", "<unk>"]
+    pieces = [(p, s) for p, s in _spm_pieces(spm_bytes) if p not in ("<pad>", "</s>", "<unk>", "<s>")]
+    return [(p, 0.0) for p in specials] + pieces
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model builders: each writes a complete model directory into `dest`. `final` is where the directory
+# will live once renamed into place.
+# ---------------------------------------------------------------------------------------------------
+def _seed(name: str) -> int:
+    """A fixed, name-dependent seed: same name, same weights, on every machine."""
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+def _init_model(name: str, model_cls, config):
+    import torch
+
+    torch.manual_seed(_seed(name))
+    model = model_cls(config)
+    model.eval()
+    return model
+
+
+def _build_causal(name: str, dest: Path, final: Path, inputs: _Inputs) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer, GPTNeoConfig, GPTNeoForCausalLM
+
+    eot = "<|endoftext|>"
+    vocab, merges = inputs.memo("bpe-gpt2", lambda: _train_byte_bpe(inputs.corpus, [eot]))
+    # Context sizes of the real models, so truncation code behaves the same on tiny and real ones.
+    max_positions = 2048 if name == "gpt-neo" else 1024
+    tokenizer = GPT2Tokenizer(vocab=vocab, merges=merges, model_max_length=max_positions)
+    eot_id = tokenizer.convert_tokens_to_ids(eot)
+    if name == "gpt-neo":
+        config = GPTNeoConfig(
+            vocab_size=len(vocab),
+            max_position_embeddings=max_positions,
+            hidden_size=HIDDEN,
+            num_layers=LAYERS,
+            num_heads=HEADS,
+            attention_types=[[["global", "local"], LAYERS // 2]],
+            intermediate_size=FFN,
+            window_size=256,
+            bos_token_id=eot_id,
+            eos_token_id=eot_id,
+        )
+        model = _init_model(name, GPTNeoForCausalLM, config)
+    else:
+        config = GPT2Config(
+            vocab_size=len(vocab),
+            n_positions=max_positions,
+            n_embd=HIDDEN,
+            n_layer=LAYERS,
+            n_head=HEADS,
+            n_inner=FFN,
+            bos_token_id=eot_id,
+            eos_token_id=eot_id,
+        )
+        model = _init_model(name, GPT2LMHeadModel, config)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+
+
+def _build_roberta(name: str, dest: Path, final: Path, inputs: _Inputs) -> None:
+    from transformers import RobertaConfig, RobertaForMaskedLM, RobertaTokenizer
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    vocab, merges = inputs.memo("bpe-roberta", lambda: _train_byte_bpe(inputs.corpus, specials))
+    tokenizer = RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=512)
+    config = RobertaConfig(
+        vocab_size=len(vocab),
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=FFN,
+        max_position_embeddings=514,  # 512 + padding offset, as in roberta-large
+        type_vocab_size=1,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = _init_model(name, RobertaForMaskedLM, config)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+
+
+def _build_t5(name: str, dest: Path, final: Path, inputs: _Inputs) -> None:
+    from transformers import T5Config, T5ForConditionalGeneration, T5Tokenizer
+
+    spm_bytes = inputs.memo("spm-unigram", lambda: _train_sentencepiece(inputs.corpus))
+    vocab = _t5_vocab(spm_bytes)
+    # extra_ids=100 adds the <extra_id_N> sentinels after the trained pieces: their ids differ from
+    # real T5's (ENV.md), so nothing may hard-code them.
+    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=100, model_max_length=512)
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=HIDDEN,
+        d_kv=HIDDEN // HEADS,
+        d_ff=FFN,
+        num_layers=LAYERS,
+        num_decoder_layers=LAYERS,
+        num_heads=HEADS,
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+        feed_forward_proj="gated-gelu",  # flan-t5 (T5 v1.1) style
+        tie_word_embeddings=False,  # flan-t5 has an untied LM head
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    model = _init_model(name, T5ForConditionalGeneration, config)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+
+
+def _build_marian(name: str, dest: Path, final: Path, inputs: _Inputs) -> None:
+    from transformers import MarianConfig, MarianMTModel, MarianTokenizer
+
+    spm_bytes = inputs.memo("spm-unigram", lambda: _train_sentencepiece(inputs.corpus))
+    # Marian's vocab.json layout (ENV.md): </s>=0, <unk>=1, the pieces, <pad> last.
+    vocab = {"</s>": 0, "<unk>": 1}
+    for piece, _ in _spm_pieces(spm_bytes):
+        if piece not in ("<unk>", "<s>", "</s>", "<pad>"):
+            vocab.setdefault(piece, len(vocab))
+    vocab["<pad>"] = len(vocab)
+    pad_id = len(vocab) - 1
+
+    src_lang, tgt_lang = name.split("-")[1:]
+    with tempfile.TemporaryDirectory(prefix="marian-src-", dir=dest.parent) as src:
+        (Path(src) / "source.spm").write_bytes(spm_bytes)
+        (Path(src) / "target.spm").write_bytes(spm_bytes)
+        (Path(src) / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=1), encoding="utf-8")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*sacremoses.*")  # optional punctuation normaliser
+            tokenizer = MarianTokenizer(
+                source_spm=str(Path(src) / "source.spm"),
+                target_spm=str(Path(src) / "target.spm"),
+                vocab=str(Path(src) / "vocab.json"),
+                source_lang=src_lang,
+                target_lang=tgt_lang,
+                model_max_length=512,
+            )
+            tokenizer.save_pretrained(dest)
+    config = MarianConfig(
+        vocab_size=len(vocab),
+        d_model=HIDDEN,
+        encoder_layers=LAYERS,
+        decoder_layers=LAYERS,
+        encoder_attention_heads=HEADS,
+        decoder_attention_heads=HEADS,
+        encoder_ffn_dim=FFN,
+        decoder_ffn_dim=FFN,
+        max_position_embeddings=512,
+        pad_token_id=pad_id,
+        eos_token_id=0,
+        forced_eos_token_id=0,
+        decoder_start_token_id=pad_id,
+        share_encoder_decoder_embeddings=True,
+        scale_embedding=True,
+    )
+    model = _init_model(name, MarianMTModel, config)
+    # As in the real opus-mt configs: never generate <pad> (it doubles as the decoder start token).
+    model.generation_config.bad_words_ids = [[pad_id]]
+    model.save_pretrained(dest)
+
+
+def _build_toxic_bert(name: str, dest: Path, final: Path, inputs: _Inputs) -> None:
+    """A BERT multi-label classifier dir that is also loadable by detoxify.
+
+    Besides config.json + model.safetensors + tokenizer, the dir holds DETOXIFY_CHECKPOINT in the
+    format detoxify's `load_checkpoint` reads (ENV.md "detoxify offline"). Its state_dict is the plain
+    HF state_dict: a `model.` prefix would load silently as random weights. Detoxify checkpoints are
+    torch pickles by design; this one holds only dicts, strings, ints and tensors, which lets
+    `raydebias.models.load_detoxify` read it with `weights_only=True`. The `model_type` baked in here
+    is this directory's path at build time; detoxify calls `from_pretrained(model_type)`, so the
+    loader replaces it with the directory's actual path at load time (the cache may have moved).
+    """
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    vocab = inputs.memo("wordpiece-bert", lambda: _train_wordpiece(inputs.corpus))
+    tokenizer = BertTokenizer(vocab=vocab, model_max_length=512)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=FFN,
+        max_position_embeddings=512,
+        num_labels=len(TOXIC_LABELS),
+        id2label=dict(enumerate(TOXIC_LABELS)),
+        label2id={label: i for i, label in enumerate(TOXIC_LABELS)},
+        problem_type="multi_label_classification",
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = _init_model(name, BertForSequenceClassification, config)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    checkpoint = {
+        "config": {
+            "arch": {
+                "args": {
+                    "model_type": str(final),
+                    "model_name": "BertForSequenceClassification",
+                    "tokenizer_name": "BertTokenizer",
+                    "num_classes": len(TOXIC_LABELS),
+                }
+            },
+            "dataset": {"args": {"classes": list(TOXIC_LABELS)}},
+        },
+        "state_dict": {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()},
+    }
+    torch.save(checkpoint, dest / DETOXIFY_CHECKPOINT)
+
+
+def _build_spacy_ner(name: str, dest: Path, final: Path, inputs: _Inputs) -> None:
+    """spacy.blank("en") + entity_ruler, standing in for en_core_web_trf's NER (ENV.md "spaCy")."""
+    import spacy
+
+    nlp = spacy.blank("en")
+    nlp.meta["name"] = "tiny_ner"
+    nlp.meta["version"] = "0.0.0"
+    nlp.meta["description"] = "raydebias tiny kit: rule-based stand-in for en_core_web_trf NER"
+    # phrase_matcher_attr ORTH = case-sensitive gazetteer: lowercase "may", "will", "bill", "china",
+    # "turkey" in running text are words, not entities, as en_core_web_trf's casing cues also say.
+    # overwrite_ents so the ruler's spans win over any NER put before it; among overlapping matches
+    # the longest wins ("June 14" DATE beats CARDINAL "14", "$40" MONEY beats "40").
+    ruler = nlp.add_pipe("entity_ruler", config={"phrase_matcher_attr": "ORTH", "overwrite_ents": True})
+    ruler.add_patterns(inputs.patterns)
+    nlp.to_disk(dest)
+
+
+_BUILDERS: dict[str, Callable[[str, Path, Path, _Inputs], None]] = {
+    "marian-en-de": _build_marian,
+    "marian-de-en": _build_marian,
+    "marian-en-fr": _build_marian,
+    "marian-fr-en": _build_marian,
+    "marian-en-es": _build_marian,
+    "marian-es-en": _build_marian,
+    "gpt-neo": _build_causal,
+    "gpt2": _build_causal,
+    "roberta-mlm": _build_roberta,
+    "flan-t5": _build_t5,
+    "toxic-bert": _build_toxic_bert,
+    "spacy-ner": _build_spacy_ner,
+}
+REGISTRY = _BUILDERS
+NAMES: tuple[str, ...] = tuple(_BUILDERS)
+
+# Libraries whose version changes what a builder writes (file formats, tokenizer serialisation).
+_LIBS = {
+    _build_marian: ("torch", "transformers", "sentencepiece"),
+    _build_causal: ("torch", "transformers", "tokenizers"),
+    _build_roberta: ("torch", "transformers", "tokenizers"),
+    _build_t5: ("torch", "transformers", "tokenizers", "sentencepiece"),
+    _build_toxic_bert: ("torch", "transformers", "tokenizers"),
+    _build_spacy_ner: ("spacy",),
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stamps, locking, atomic build.
+# ---------------------------------------------------------------------------------------------------
+def _check_names(names: Iterable[str] | None) -> list[str]:
+    if names is None:
+        return list(NAMES)
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [n for n in names if n not in _BUILDERS]
+    if unknown:
+        raise ValueError(f"unknown tiny model name(s) {unknown}; valid names: {', '.join(NAMES)}")
+    return list(dict.fromkeys(names))
+
+
+def _expected_stamp(name: str, inputs: _Inputs) -> dict:
+    builder = _BUILDERS[name]
+    digest = hashlib.sha256()
+    if builder is _build_spacy_ner:
+        digest.update(json.dumps(inputs.patterns, sort_keys=True, ensure_ascii=False).encode())
+    else:
+        digest.update("\n".join(inputs.corpus).encode())
+    return {
+        "kit_version": KIT_VERSION,
+        "name": name,
+        "inputs_sha256": digest.hexdigest(),
+        "libraries": {lib: metadata.version(lib) for lib in _LIBS[builder]},
+    }
+
+
+def _read_stamp(model_dir: Path) -> dict | None:
+    try:
+        return json.loads((model_dir / STAMP_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _build_one(name: str, out_dir: Path, force: bool, inputs: _Inputs) -> tuple[Path, str]:
+    """Build `name` into out_dir/name unless its stamp already matches; returns (path, status)."""
+    target = out_dir / name
+    expected = _expected_stamp(name, inputs)
+    # Fast path without the lock: the stamp is written last, inside the temporary dir, before the
+    # rename, so a directory whose stamp matches is complete.
+    if not force and _read_stamp(target) == expected:
+        return target, "cached"
+    with FileLock(str(out_dir / f".{name}.lock"), timeout=LOCK_TIMEOUT_S):
+        # Another process may have finished the same build while we waited for the lock.
+        if not force and _read_stamp(target) == expected:
+            return target, "cached"
+        # Leftovers of builds that died (we hold the lock, so nobody is using them).
+        for stale in list(out_dir.glob(f".{name}.tmp-*")) + list(out_dir.glob(f".{name}.old-*")):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out_dir))
+        try:
+            with _no_transformers_progress_bars():
+                _BUILDERS[name](name, tmp, target, inputs)
+            (tmp / STAMP_FILE).write_text(json.dumps(expected, indent=1, sort_keys=True), encoding="utf-8")
+            old = None
+            if target.exists():
+                old = out_dir / f".{name}.old-{uuid.uuid4().hex}"
+                target.rename(old)
+            tmp.rename(target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return target, "built"
+
+
+@contextlib.contextmanager
+def _no_transformers_progress_bars():
+    """Hide save_pretrained's per-model "Writing model shards" bars while building; restore after."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # spacy-only environments can still build spacy-ner
+        yield
+        return
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def build_with_status(
+    out_dir: str | os.PathLike, names: Iterable[str] | None = None, force: bool = False
+) -> dict[str, tuple[Path, str]]:
+    """Like `build`, but each value is (path, "built" | "cached")."""
+    selected = _check_names(names)
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    inputs = _Inputs()
+    return {name: _build_one(name, out, force, inputs) for name in selected}
+
+
+def build(
+    out_dir: str | os.PathLike, names: Iterable[str] | None = None, force: bool = False
+) -> dict[str, Path]:
+    """Build the named tiny models (default: all) into out_dir/NAME; returns NAME -> directory.
+
+    Models whose stamp matches the current kit version and inputs are left untouched unless `force`.
+    Raises ValueError for unknown names.
+    """
+    return {name: path for name, (path, _) in build_with_status(out_dir, names, force).items()}
+
+
+def default_cache_dir() -> Path:
+    """$RAYDEBIAS_TINY_DIR if set, else ~/.cache/raydebias/tiny (read at call time)."""
+    env = os.environ.get("RAYDEBIAS_TINY_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "raydebias" / "tiny"
+
+
+def ensure(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The directory of tiny model `name`, building it into the cache first if needed."""
+    _check_names([name])
+    return build(cache_dir if cache_dir is not None else default_cache_dir(), [name])[name]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m raydebias.tiny",
+        description="Build the offline tiny random models (same classes as the production models).",
+    )
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="directory to build into (one subdir per model)")
+    parser.add_argument("--only", nargs="+", metavar="NAME", choices=NAMES, help="build only these models")
+    parser.add_argument("--force", action="store_true", help="rebuild even if the stamp matches")
+    args = parser.parse_args(argv)
+    for name, (path, status) in build_with_status(args.out_dir, args.only, args.force).items():
+        print(f"{name}\t{path}\t{status}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
