@@ -87,9 +87,8 @@ def _resolve_dtype(dtype):
 
 
 def _looks_like_path(model_id: str) -> bool:
-    return model_id.startswith((".", "/", "~")) or os.sep in model_id.replace("/", os.sep, 0) and os.path.exists(
-        model_id
-    )
+    """True for ids that can only mean a local path (a relative "a/b" could be a hub id)."""
+    return model_id.startswith(("./", "../", "~")) or os.path.isabs(model_id)
 
 
 def _load_failure(model_id: str, resolved: str, what: str, exc: BaseException) -> ModelLoadError:
@@ -101,30 +100,39 @@ def _load_failure(model_id: str, resolved: str, what: str, exc: BaseException) -
                 " If the directory only has pytorch_model.bin, convert it to safetensors; pass "
                 "use_safetensors=False only for weights you trust (that unpickles them)."
             )
-        return ModelLoadError(f"could not load {what} from local directory {resolved!r} (model {model_id!r}): {exc}{hint}")
+        return ModelLoadError(
+            f"could not load {what} from local directory {resolved!r} (model {model_id!r}): {exc}{hint}"
+        )
     if _looks_like_path(model_id):
         return ModelLoadError(
             f"could not load {what} {model_id!r}: no such local directory. Pass an existing directory "
             f"written by save_pretrained, or a '{TINY_PREFIX}NAME' id for the offline tiny models."
         )
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    why = "HF_HUB_OFFLINE is set, so" if offline else "no model hub is reachable from this machine and"
+    why = (
+        "HF_HUB_OFFLINE is set (offline), so only the local Hugging Face cache is used, and"
+        if offline
+        else "the model hub could not be reached (offline machine?) or has no such model, and"
+    )
     return ModelLoadError(
-        f"could not load {what} {model_id!r}: {why} it is not in the local Hugging Face cache (offline). "
+        f"could not load {what} {model_id!r}: {why} it is not in the local cache. "
         f"Point the config at a local directory holding the model, or use a '{TINY_PREFIX}NAME' id "
         f"(e.g. '{TINY_PREFIX}gpt2') for offline/smoke runs. Original error: {exc}"
     )
 
 
-def load_tokenizer(model_id: str, *, trust_remote_code: bool = False, **kwargs: Any):
-    """`AutoTokenizer.from_pretrained(resolve_model(model_id), ...)`, with offline failures explained."""
+def _tokenizer_from(model_id: str, resolved: str, trust_remote_code: bool, **kwargs: Any):
     from transformers import AutoTokenizer
 
-    resolved = resolve_model(model_id)
     try:
         return AutoTokenizer.from_pretrained(resolved, trust_remote_code=trust_remote_code, **kwargs)
     except OSError as exc:
         raise _load_failure(model_id, resolved, "tokenizer", exc) from exc
+
+
+def load_tokenizer(model_id: str, *, trust_remote_code: bool = False, **kwargs: Any):
+    """`AutoTokenizer.from_pretrained(resolve_model(model_id), ...)`, with offline failures explained."""
+    return _tokenizer_from(model_id, resolve_model(model_id), trust_remote_code, **kwargs)
 
 
 def load_model(
@@ -149,8 +157,7 @@ def load_model(
     torch_dtype = _resolve_dtype(dtype)
     target_device = resolve_device(device)
     resolved = resolve_model(model_id)
-    tokenizer = load_tokenizer(model_id if not model_id.startswith(TINY_PREFIX) else resolved,
-                               trust_remote_code=trust_remote_code)  # fmt: skip
+    tokenizer = _tokenizer_from(model_id, resolved, trust_remote_code)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": use_safetensors}
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
@@ -237,7 +244,9 @@ def _local_detoxify_checkpoint(local_dir: Path, checkpoint: str | os.PathLike | 
     return buffer
 
 
-def load_detoxify(model_type: str = "original", *, checkpoint: str | os.PathLike | None = None, device: str = "cpu"):
+def load_detoxify(
+    model_type: str = "original", *, checkpoint: str | os.PathLike | None = None, device: str = "cpu"
+):
     """A `detoxify.Detoxify` scorer; `predict(texts)` -> {class name: score(s)}.
 
     Production (`"original"` = unitary/toxic-bert, etc.): `Detoxify(model_type, checkpoint, device)`,

@@ -20,11 +20,13 @@ builds the model into the cache (`$RAYDEBIAS_TINY_DIR`, else ~/.cache/raydebias/
 
 Every transformers model has 2 layers and hidden size 64. The tokenizers are trained here, on a
 deterministic corpus: all string values of the shipped sample data (raydebias/samples/**/*.jsonl), a
-built-in English text with German/French/Spanish sentences (for Marian), and every printable ASCII
-character (ENV.md: characters missing from a unigram/WordPiece training text become <unk>).
+built-in English text with German/French/Spanish sentences (for Marian), every printable ASCII
+character and the German/French/Spanish letters (ENV.md: characters missing from a unigram/WordPiece
+training text become <unk>). spacy-ner's rules come from a built-in gazetteer plus the shipped
+raydebias/samples/**/entities/*.tsv files (TEXT<TAB>LABEL).
 
-Builds are deterministic (fixed seed per model, single-threaded tokenizer training), cached and
-idempotent: each model directory holds a stamp with the kit version and a hash of its inputs, and a
+Builds are deterministic (fixed seed per model; only tokenizer trainers that are bit-reproducible
+across processes, see `_train_wordpiece` and `_t5_vocab`), cached and idempotent: each model directory holds a stamp with the kit version and a hash of its inputs, and a
 model whose stamp matches is not rebuilt. A build happens in a temporary sibling directory that is
 renamed into place under a per-model file lock, so Ray actors on one node calling `ensure` at the
 same time neither corrupt the cache nor build twice.
@@ -50,11 +52,11 @@ from collections.abc import Callable, Iterable
 from importlib import metadata
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 # Bump whenever a builder changes what it writes: the stamps of existing caches then stop matching
 # and every model is rebuilt on its next `ensure`.
-KIT_VERSION = "raydebias-tiny-1"
+KIT_VERSION = "raydebias-tiny-3"
 
 STAMP_FILE = ".tiny-stamp.json"
 # The detoxify checkpoint inside the toxic-bert directory (see `_build_toxic_bert`).
@@ -104,7 +106,13 @@ Le chat dort sur le canapé. J'ai parlé avec ma soeur hier soir. Nous allons à
 Il fait beau aujourd'hui, mais il va faire froid. Peux-tu m'aider, s'il te plaît ? Je ne comprends pas.
 El perro juega en el jardín. Ayer hablé con mi hermana. Mañana vamos a Madrid con nuestros amigos.
 Hoy hace buen tiempo, pero mañana hará frío. ¿Puedes ayudarme, por favor? ¡No lo entiendo!
+Grüße aus München! Die Tür ist groß, der Käse ist süß, und Übermorgen ist Ärger. Öl ist teuer.
+Ça va ? Où est la forêt ? À Noël, le garçon a déjà mangé un gâteau très sucré ; un cœur naïf, août, hôtel.
+Señor, el niño y el pingüino cantan una canción. ¡Qué día! Él está aquí. Ñandú, útil, árbol, ínsula, ópera.
 """
+# Letters of German, French and Spanish, so none of them is <unk> in the Marian/T5 vocabularies even
+# when the sample data never uses them.
+LATIN_LETTERS = "ÀÂÄÇÉÈÊËÎÏÔÖÙÛÜŸÑÁÍÓÚŒÆàâäçéèêëîïôöùûüÿñáíóúœæß¿¡«»€£–—‘’“”…"
 
 # ---------------------------------------------------------------------------------------------------
 # Built-in gazetteer for spacy-ner (OntoNotes labels, as en_core_web_trf uses them).
@@ -341,11 +349,12 @@ def sample_strings() -> list[str]:
 
 
 def training_corpus() -> list[str]:
-    """The tokenizer training text as lines: built-in text, then samples, then printable ASCII."""
+    """The tokenizer training text as lines: built-in text, samples, printable ASCII, Latin letters."""
     lines = [ln.strip() for ln in BUILTIN_TEXT.splitlines()]
     for text in sample_strings():
         lines.extend(ln.strip() for ln in text.splitlines())
     lines.append(PRINTABLE)
+    lines.append(LATIN_LETTERS)
     return [ln for ln in lines if ln]
 
 
@@ -411,15 +420,30 @@ def ner_patterns() -> list[dict]:
     not_name = MONTHS + WEEKDAYS + TITLES + ["I"]
 
     # PERSON: known first name + a capitalised word; a capitalised word + known surname; title + name.
-    tok("PERSON", {"ORTH": {"IN": FIRST_NAMES}}, {"IS_TITLE": True, "IS_STOP": False, "ORTH": {"NOT_IN": not_name}})
-    tok("PERSON", {"IS_TITLE": True, "IS_STOP": False, "ORTH": {"NOT_IN": not_name}}, {"ORTH": {"IN": SURNAMES}})
-    tok("PERSON", {"ORTH": {"IN": TITLES}}, {"IS_TITLE": True, "IS_STOP": False, "ORTH": {"NOT_IN": not_name}})
+    tok(
+        "PERSON",
+        {"ORTH": {"IN": FIRST_NAMES}},
+        {"IS_TITLE": True, "IS_STOP": False, "ORTH": {"NOT_IN": not_name}},
+    )
+    tok(
+        "PERSON",
+        {"IS_TITLE": True, "IS_STOP": False, "ORTH": {"NOT_IN": not_name}},
+        {"ORTH": {"IN": SURNAMES}},
+    )
+    tok(
+        "PERSON", {"ORTH": {"IN": TITLES}}, {"IS_TITLE": True, "IS_STOP": False, "ORTH": {"NOT_IN": not_name}}
+    )
     tok("PERSON", {"ORTH": {"IN": TITLES}}, {"IS_TITLE": True}, {"IS_TITLE": True, "IS_STOP": False})
     # MONEY: $40, $1,200.50, $40k, $5 million, 40 dollars, 20 bucks.
     for symbol in CURRENCY_SYMBOLS:
         tok("MONEY", {"ORTH": symbol}, number)
         tok("MONEY", {"ORTH": symbol}, {"TEXT": {"REGEX": MONEY_SUFFIX_RE}})
-        tok("MONEY", {"ORTH": symbol}, number, {"LOWER": {"IN": ["k", "thousand", "million", "billion", "grand"]}})
+        tok(
+            "MONEY",
+            {"ORTH": symbol},
+            number,
+            {"LOWER": {"IN": ["k", "thousand", "million", "billion", "grand"]}},
+        )
     tok("MONEY", number, {"LOWER": {"IN": MONEY_WORDS}})
     tok("MONEY", number_word, {"LOWER": {"IN": MONEY_WORDS}})
     tok("MONEY", number_word, number_word, {"LOWER": {"IN": MONEY_WORDS}})
@@ -503,7 +527,9 @@ class _Inputs:
         return self._memo[key]
 
 
-def _train_byte_bpe(corpus: list[str], special_tokens: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+def _train_byte_bpe(
+    corpus: list[str], special_tokens: list[str]
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Byte-level BPE as GPT-2 and RoBERTa use (ENV.md: ByteLevel alphabet, trained with `tokenizers`).
 
     Byte level means no character is ever <unk>.
@@ -616,10 +642,16 @@ def _seed(name: str) -> int:
 
 
 def _init_model(name: str, model_cls, config):
+    """Instantiate with random weights from the name's seed, leaving the caller's RNG state alone.
+
+    `ensure` may run inside a training process the first time a `tiny:` id is loaded; reseeding its
+    global torch RNG would silently change that run, so the seeding happens inside fork_rng.
+    """
     import torch
 
-    torch.manual_seed(_seed(name))
-    model = model_cls(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed(name))
+        model = model_cls(config)
     model.eval()
     return model
 
@@ -664,11 +696,19 @@ def _build_causal(name: str, dest: Path, final: Path, inputs: _Inputs) -> None:
 
 
 def _build_roberta(name: str, dest: Path, final: Path, inputs: _Inputs) -> None:
+    from tokenizers import AddedToken
     from transformers import RobertaConfig, RobertaForMaskedLM, RobertaTokenizer
 
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
     vocab, merges = inputs.memo("bpe-roberta", lambda: _train_byte_bpe(inputs.corpus, specials))
-    tokenizer = RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=512)
+    # <mask> swallows the space before it, as in roberta-large, so "the <mask> sat" is one mask token
+    # after "the" rather than a lone "Ġ" plus the mask.
+    tokenizer = RobertaTokenizer(
+        vocab=vocab,
+        merges=merges,
+        mask_token=AddedToken("<mask>", lstrip=True, rstrip=False),
+        model_max_length=512,
+    )
     config = RobertaConfig(
         vocab_size=len(vocab),
         hidden_size=HIDDEN,
@@ -711,6 +751,20 @@ def _build_t5(name: str, dest: Path, final: Path, inputs: _Inputs) -> None:
         decoder_start_token_id=tokenizer.pad_token_id,
     )
     model = _init_model(name, T5ForConditionalGeneration, config)
+    # transformers 5 ignores tie_word_embeddings=False for T5 (T5Config forces it True and keeps only
+    # "scale_decoder_outputs": false), so the model is built tied. flan-t5 checkpoints carry a separate
+    # lm_head; give ours one too (T5's own init for an untied head: normal(0, initializer_factor)) and
+    # drop it from the tying map so save_pretrained writes both tensors. On load, transformers sees two
+    # different tensors and leaves them untied, exactly as it does for google/flan-t5-large.
+    import torch
+
+    generator = torch.Generator().manual_seed(_seed(name + ":lm_head"))
+    with torch.no_grad():
+        head = torch.empty_like(model.shared.weight).normal_(
+            0.0, config.initializer_factor, generator=generator
+        )
+    model.lm_head.weight = torch.nn.Parameter(head)
+    model.all_tied_weights_keys.pop("lm_head.weight", None)
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
 
@@ -731,7 +785,9 @@ def _build_marian(name: str, dest: Path, final: Path, inputs: _Inputs) -> None:
     with tempfile.TemporaryDirectory(prefix="marian-src-", dir=dest.parent) as src:
         (Path(src) / "source.spm").write_bytes(spm_bytes)
         (Path(src) / "target.spm").write_bytes(spm_bytes)
-        (Path(src) / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=1), encoding="utf-8")
+        (Path(src) / "vocab.json").write_text(
+            json.dumps(vocab, ensure_ascii=False, indent=1), encoding="utf-8"
+        )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*sacremoses.*")  # optional punctuation normaliser
             tokenizer = MarianTokenizer(
@@ -903,29 +959,46 @@ def _build_one(name: str, out_dir: Path, force: bool, inputs: _Inputs) -> tuple[
     # rename, so a directory whose stamp matches is complete.
     if not force and _read_stamp(target) == expected:
         return target, "cached"
-    with FileLock(str(out_dir / f".{name}.lock"), timeout=LOCK_TIMEOUT_S):
-        # Another process may have finished the same build while we waited for the lock.
-        if not force and _read_stamp(target) == expected:
-            return target, "cached"
-        # Leftovers of builds that died (we hold the lock, so nobody is using them).
-        for stale in list(out_dir.glob(f".{name}.tmp-*")) + list(out_dir.glob(f".{name}.old-*")):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out_dir))
-        try:
-            with _no_transformers_progress_bars():
-                _BUILDERS[name](name, tmp, target, inputs)
-            (tmp / STAMP_FILE).write_text(json.dumps(expected, indent=1, sort_keys=True), encoding="utf-8")
-            old = None
-            if target.exists():
-                old = out_dir / f".{name}.old-{uuid.uuid4().hex}"
-                target.rename(old)
-            tmp.rename(target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    return target, "built"
+    lock = FileLock(str(out_dir / f".{name}.lock"), timeout=LOCK_TIMEOUT_S)
+    try:
+        with lock:
+            # Another process may have finished the same build while we waited for the lock.
+            if not force and _read_stamp(target) == expected:
+                return target, "cached"
+            _build_locked(name, target, expected, inputs)
+            return target, "built"
+    except Timeout as exc:
+        raise TimeoutError(
+            f"waited {LOCK_TIMEOUT_S}s for another process to finish building tiny model {name!r} in "
+            f"{out_dir} (lock {lock.lock_file}). The lock is released when its holder exits, so some "
+            "process is still building or hung: find and stop it, then retry."
+        ) from exc
+
+
+def _build_locked(name: str, target: Path, stamp: dict, inputs: _Inputs) -> None:
+    """Build into a temporary sibling of `target`, then swap it in by rename. Caller holds the lock."""
+    out_dir = target.parent
+    # Leftovers of builds that died (we hold the lock, so nobody is using them).
+    for stale in list(out_dir.glob(f".{name}.tmp-*")) + list(out_dir.glob(f".{name}.old-*")):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out_dir))
+    old = None
+    try:
+        with _no_transformers_progress_bars():
+            _BUILDERS[name](name, tmp, target, inputs)
+        (tmp / STAMP_FILE).write_text(json.dumps(stamp, indent=1, sort_keys=True), encoding="utf-8")
+        if target.exists():
+            # A directory cannot be renamed over a non-empty one: move the stale build aside first.
+            # Readers that race this only ever see no directory (and then wait on the lock) or a
+            # complete one.
+            old = out_dir / f".{name}.old-{uuid.uuid4().hex}"
+            target.rename(old)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -951,7 +1024,13 @@ def build_with_status(
     """Like `build`, but each value is (path, "built" | "cached")."""
     selected = _check_names(names)
     out = Path(out_dir).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(
+            f"cannot create the tiny-model directory {out} ({exc}); set RAYDEBIAS_TINY_DIR to a writable "
+            "directory (or pass cache_dir/OUT_DIR)"
+        ) from exc
     inputs = _Inputs()
     return {name: _build_one(name, out, force, inputs) for name in selected}
 

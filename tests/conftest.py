@@ -1,0 +1,33 @@
+"""Shared test setup: offline hubs, one torch thread, one local Ray cluster per session."""
+
+import os
+
+# Before anything imports transformers/datasets/torch: a stray hub call must fail fast (ENV.md), and
+# 2-core machines thrash with more than one intra-op thread per process.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("RAYDEBIAS_PROGRESS", "0")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One embedded Ray cluster for the in-process tests (``address="local"``: never join a stale one)."""
+    import ray
+
+    from raydebias.config import load_config
+    from raydebias.runtime import init_ray
+
+    if not ray.is_initialized():
+        init_ray(load_config(None, ["ray.num_cpus=2"]))
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,198 @@
+"""The job end to end: `jobs/pipeline.py --stage data` locally, and through `ray job submit`."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+
+from raydebias import schema as S
+
+REPO = Path(__file__).resolve().parents[1]
+JOB = REPO / "jobs" / "pipeline.py"
+SMOKE = REPO / "jobs" / "configs" / "smoke.yaml"
+BIN = Path(sys.executable).parent
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("RAY_ADDRESS", None)
+    env.update(extra)
+    return env
+
+
+def _run_job(args, timeout=300, **env):
+    return subprocess.run([sys.executable, str(JOB), *args], capture_output=True, text=True, timeout=timeout,
+                          env=_env(**env), cwd=REPO)
+
+
+def _read_dir(path: Path):
+    return pq.read_table(path)
+
+
+def _check_outputs(out: Path, rows_train: int, rows_eval: int, quarantined: dict):
+    stats = json.loads((out / "stats.json").read_text())["data"]
+    train, ev = stats["train"], stats["eval"]
+    assert (train["rows_in"], train["kept"], train["quarantined"]) == (
+        rows_train, rows_train - sum(quarantined.values()), sum(quarantined.values()))
+    assert train["quarantined_by_reason"] == quarantined
+    assert (ev["rows_in"], ev["kept"], ev["quarantined"]) == (rows_eval, rows_eval, 0)
+    sources = _read_dir(out / "data" / "sources")
+    assert sources.schema.equals(S.SOURCE_SCHEMA, check_metadata=False)
+    assert sources.num_rows == train["kept"]
+    assert len(set(sources.column("id").to_pylist())) == sources.num_rows
+    assert _read_dir(out / "data" / "eval").num_rows == ev["kept"]
+    q = _read_dir(out / "quarantine" / "data")
+    assert q.schema.equals(S.QUARANTINE_SCHEMA, check_metadata=False)
+    assert q.num_rows == train["quarantined"] + ev["quarantined"]
+    assert sorted(q.column("reason").to_pylist()) == sorted(r for r, n in quarantined.items() for _ in range(n))
+    assert (out / "config.yaml").exists()
+    return sources, q
+
+
+def test_data_stage_end_to_end_on_sample_plus_dirty_rows(tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "raydebias" / "samples" / "tldr" / "train", src)
+    with open(src / "dirty.jsonl", "wb") as f:
+        f.write(b'{"post": "a fine post about Denver", "summary": "fine summary", "id": "ok1"}\n')
+        f.write(b"{not json\n")
+        f.write(b'{"post": "bad \xfe\xff bytes", "summary": "s", "id": "bad1"}\n')
+        f.write(b'{"post": "", "summary": "s", "id": "e1"}\n')
+        f.write(b'{"post": "a fine post about Denver", "summary": "fine summary", "id": "ok1"}\n')
+    out = tmp_path / "run"
+    r = _run_job(["--config", str(SMOKE), "--stage", "data", "--output", str(out), f"data.source={src}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert '"stage": "data"' in r.stdout
+    sources, q = _check_outputs(out, 105, 20, {"duplicate_id": 1, "empty_field": 1, "invalid_json": 1,
+                                               "invalid_unicode": 1})
+    assert "ok1" in sources.column("id").to_pylist()
+    stats = json.loads((out / "stats.json").read_text())["data"]["train"]
+    assert stats["files"][str(src / "dirty.jsonl")] == {"layout": "plain", "rows_in": 5, "kept": 1, "quarantined": 4}
+    assert sum(f["rows_in"] for f in stats["files"].values()) == 105
+
+    # A re-run into the same directory replaces the outputs instead of appending to them.
+    r = _run_job(["--config", str(SMOKE), "--stage", "data", "--output", str(out), f"data.source={src}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    _check_outputs(out, 105, 20, {"duplicate_id": 1, "empty_field": 1, "invalid_json": 1, "invalid_unicode": 1})
+
+
+def test_unimplemented_stages_fail_clearly_without_running(tmp_path):
+    for stage in ("augment", "all"):
+        r = _run_job(["--config", str(SMOKE), "--stage", stage, "--output", str(tmp_path / stage)], timeout=60)
+        assert r.returncode == 2
+        assert "not implemented yet" in r.stderr and "issue #3" in r.stderr
+        assert not (tmp_path / stage / "stats.json").exists()
+
+
+def test_bad_config_and_bad_source_exit_codes(tmp_path):
+    r = _run_job(["--config", str(SMOKE), "--stage", "data", "--output", str(tmp_path), "train.alhpa=2"], timeout=60)
+    assert r.returncode == 2 and "train.alhpa" in r.stderr and "Traceback" not in r.stderr
+    r = _run_job(["--config", str(SMOKE), "--stage", "data", "--output", str(tmp_path),
+                  f"data.source={tmp_path / 'nope.jsonl'}"], timeout=120)
+    assert r.returncode == 3 and "nope.jsonl" in r.stderr and "does not exist" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = _run_job(["--stage", "data", "--output", str(tmp_path), "data.eval_source=null"], timeout=120,
+                 HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    assert r.returncode == 3 and "CarperAI/openai_summarize_tldr" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_help_config_lists_every_key():
+    r = _run_job(["--help-config"], timeout=60)
+    assert r.returncode == 0
+    assert "train.alpha (float, default 4.0)" in r.stdout and "augment.toxic_rewrite.top_p" in r.stdout
+
+
+# --- ray job submit against a `ray start --head` cluster started (and stopped) by the test ----------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """Stop `ray start --block` and every process it spawned (GCS, raylet, dashboard, workers): only those."""
+    try:
+        root = psutil.Process(proc.pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    # Token auth: once ~/.ray/auth_token exists, `ray start` turns it on and clients need
+    # RAY_AUTH_MODE=token (ENV.md). Say so explicitly on both sides instead of depending on the home dir.
+    env = _env(RAY_AUTH_MODE="token")
+    # Every listener on its own free port: fixed defaults (e.g. the dashboard agent's 52365) collide
+    # with any other Ray instance on the machine, such as this session's in-process cluster.
+    ports = {flag: _free_port() for flag in (
+        "port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+        "runtime-env-agent-port", "node-manager-port", "object-manager-port", "ray-client-server-port")}
+    dash = ports["dashboard-port"]
+    log = open(tmp_path / "ray-start.log", "w")
+    proc = subprocess.Popen(
+        ["ray", "start", "--head", "--block", "--num-cpus=2", *(f"--{k}={v}" for k, v in ports.items()),
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+    )
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=2)
+                break
+            except urllib.error.HTTPError:  # 401 without a token: the dashboard is up
+                break
+            except (urllib.error.URLError, OSError):
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"ray start failed:\n{(tmp_path / 'ray-start.log').read_text()[-3000:]}")
+                time.sleep(1)
+        yield address, env
+    finally:
+        _kill_tree(proc)
+        log.close()
+
+
+@pytest.mark.cluster
+def test_ray_job_submit_runs_the_data_stage(ray_head, tmp_path):
+    address, env = ray_head
+    out = tmp_path / "submitted"
+    cmd = ["ray", "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
+           "python", "jobs/pipeline.py", "--config", "jobs/configs/smoke.yaml", "--stage", "data", "--output", str(out)]
+    deadline = time.time() + 180
+    while True:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=420, env=env, cwd=REPO)
+        # The dashboard answers before the raylet's job agent is up (slower on a loaded machine):
+        # that one error means "not ready yet", nothing was submitted, and retrying is safe.
+        if r.returncode == 0 or "No available agent" not in r.stderr or time.time() > deadline:
+            break
+        time.sleep(3)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert "succeeded" in (r.stdout + r.stderr)
+    assert "joining Ray cluster" in r.stdout + r.stderr  # the job joined the submitted cluster
+    _check_outputs(out, 100, 20, {})
