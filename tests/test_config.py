@@ -6,7 +6,14 @@ import pytest
 import yaml
 
 from raydebias.config import (
-    AugmentConfig, Config, ConfigError, TrainConfig, config_to_dict, describe, load_config, parse_override,
+    AugmentConfig,
+    Config,
+    ConfigError,
+    TrainConfig,
+    config_to_dict,
+    describe,
+    load_config,
+    parse_override,
 )
 
 CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"

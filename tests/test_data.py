@@ -10,7 +10,14 @@ import pytest
 from raydebias import schema as S
 from raydebias.config import DataConfig
 from raydebias.data import (
-    DataError, HubSource, detect_layout, find_duplicates, parse_records, read_split, record_to_row, resolve_source,
+    DataError,
+    HubSource,
+    detect_layout,
+    find_duplicates,
+    parse_records,
+    read_split,
+    record_to_row,
+    resolve_source,
 )
 from raydebias.prompts import format_prompt, parse_prompt
 

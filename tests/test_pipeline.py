@@ -170,7 +170,7 @@ def ray_head(tmp_path):
                 break
             except (urllib.error.URLError, OSError):
                 if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"ray start failed:\n{(tmp_path / 'ray-start.log').read_text()[-3000:]}")
+                    raise RuntimeError(f"ray start failed:\n{(tmp_path / 'ray-start.log').read_text()[-3000:]}") from None
                 time.sleep(1)
         yield address, env
     finally:
