@@ -11,6 +11,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAYDEBIAS_PROGRESS", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+if "RAYDEBIAS_TINY_DIR" not in os.environ:
+    # One private tiny-model cache per test session (Ray workers inherit it via runtime.worker_env).
+    import tempfile
+
+    os.environ["RAYDEBIAS_TINY_DIR"] = os.path.join(tempfile.mkdtemp(prefix="raydebias-tiny-"), "tiny")
 
 from pathlib import Path  # noqa: E402
 

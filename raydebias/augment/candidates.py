@@ -1,0 +1,129 @@
+"""Candidates, entities and drops: the Arrow types every augmentation op reads and writes.
+
+A batch flowing through the augmentation ops is a ``pa.Table`` with the source columns
+(``raydebias.schema.SOURCE_COLUMNS``) plus:
+
+- ``post_entities``, ``summary_entities``: list<ENTITY>, filled by the NER stage before any op runs;
+- ``candidates``: list<CANDIDATE>, each op appends its own;
+- ``drops``: list<DROP>, every candidate an op or the cleaner rejected, and every op error, with a reason.
+
+Ops never mutate their input: :func:`append` returns a new table. Ops do not import Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+POST_ENTITIES, SUMMARY_ENTITIES, CANDIDATES, DROPS = "post_entities", "summary_entities", "candidates", "drops"
+
+# A named entity: character span [start, end) in its text, spaCy/OntoNotes label, surface text.
+ENTITY_TYPE = pa.struct([
+    pa.field("start", pa.int32()), pa.field("end", pa.int32()), pa.field("label", pa.string()),
+    pa.field("text", pa.string()),
+])
+# A candidate summary. `positive`: reference or backtranslation (SPEC §2). `toxicity` and `entities`
+# are filled by the scoring stages (null until then; toxic_rewrite scores its own). `info`: JSON with
+# op-specific provenance (pivot language, beam score, swapped entities, ...).
+CANDIDATE_TYPE = pa.struct([
+    pa.field("text", pa.string()), pa.field("op", pa.string()), pa.field("positive", pa.bool_()),
+    pa.field("toxicity", pa.float32()), pa.field("entities", pa.list_(ENTITY_TYPE)), pa.field("info", pa.string()),
+])
+# A rejected candidate or an op failure. reason is a short code ("below_toxicity_threshold",
+# "too_short", "duplicate", "error", ...); detail is human-readable; text may be null.
+DROP_TYPE = pa.struct([
+    pa.field("op", pa.string()), pa.field("reason", pa.string()), pa.field("detail", pa.string()),
+    pa.field("text", pa.string()),
+])
+ENTITY_LIST, CANDIDATE_LIST, DROP_LIST = pa.list_(ENTITY_TYPE), pa.list_(CANDIDATE_TYPE), pa.list_(DROP_TYPE)
+
+
+def candidate(text: str, op: str, *, positive: bool = False, toxicity: float | None = None,
+              entities: list[dict] | None = None, **info: Any) -> dict[str, Any]:
+    """One candidate dict of CANDIDATE_TYPE; extra keyword arguments go to ``info`` (JSON)."""
+    return {"text": text, "op": op, "positive": positive, "toxicity": toxicity, "entities": entities,
+            "info": json.dumps(info, sort_keys=True, default=str) if info else None}
+
+
+def drop(op: str, reason: str, detail: str = "", text: str | None = None) -> dict[str, Any]:
+    return {"op": op, "reason": reason, "detail": detail, "text": text}
+
+
+def entity(start: int, end: int, label: str, text: str) -> dict[str, Any]:
+    return {"start": int(start), "end": int(end), "label": label, "text": text}
+
+
+def ensure_columns(batch: pa.Table) -> pa.Table:
+    """Add empty ``candidates``/``drops`` (and entity) columns a batch does not have yet."""
+    n = batch.num_rows
+    for name, typ in ((CANDIDATES, CANDIDATE_LIST), (DROPS, DROP_LIST)):
+        if name not in batch.column_names:
+            batch = batch.append_column(pa.field(name, typ), pa.array([[] for _ in range(n)], typ))
+    for name in (POST_ENTITIES, SUMMARY_ENTITIES):
+        if name not in batch.column_names:
+            batch = batch.append_column(pa.field(name, ENTITY_LIST), pa.nulls(n, ENTITY_LIST))
+    return batch
+
+
+def rows(batch: pa.Table) -> list[dict[str, Any]]:
+    return batch.to_pylist()
+
+
+def _set(batch: pa.Table, name: str, values: list, typ: pa.DataType) -> pa.Table:
+    idx = batch.schema.get_field_index(name)
+    arr = pa.array(values, typ)
+    if idx < 0:
+        return batch.append_column(pa.field(name, typ), arr)
+    return batch.set_column(idx, pa.field(name, typ), arr)
+
+
+def append(batch: pa.Table, new_candidates: Sequence[list[dict]], new_drops: Sequence[list[dict]]) -> pa.Table:
+    """A new table: each row's candidates and drops extended with the given per-row lists."""
+    batch = ensure_columns(batch)
+    if len(new_candidates) != batch.num_rows or len(new_drops) != batch.num_rows:
+        raise ValueError(f"append: {batch.num_rows} rows but {len(new_candidates)} candidate lists "
+                         f"and {len(new_drops)} drop lists")
+    cands = [(old or []) + list(new) for old, new in zip(batch.column(CANDIDATES).to_pylist(), new_candidates, strict=True)]
+    drops = [(old or []) + list(new) for old, new in zip(batch.column(DROPS).to_pylist(), new_drops, strict=True)]
+    return _set(_set(batch, CANDIDATES, cands, CANDIDATE_LIST), DROPS, drops, DROP_LIST)
+
+
+def set_column(batch: pa.Table, name: str, values: list, typ: pa.DataType) -> pa.Table:
+    return _set(batch, name, values, typ)
+
+
+RowResult = tuple[list[dict], list[dict]]  # (candidates, drops) produced for one source row
+
+
+def apply_rows(batch: pa.Table, op: str, fn: Callable[[list[dict]], list[RowResult]]) -> pa.Table:
+    """Run ``fn`` on all rows at once (models batch well); isolate failures row by row.
+
+    ``fn(rows) -> [(candidates, drops)]`` one pair per row. If it raises on the whole batch, each
+    row is retried alone, and a row that still fails gets a drop ``(op, "error", <exception>)`` and no
+    candidate from this op: one bad row never kills the job (issue: faults and resume).
+    """
+    batch = ensure_columns(batch)
+    items = rows(batch)
+    try:
+        results = fn(items)
+        if len(results) != len(items):
+            raise RuntimeError(f"{op}: returned {len(results)} results for {len(items)} rows")
+    except Exception as batch_error:  # noqa: BLE001 - isolate, then record per row
+        log.warning("%s: batch of %d rows failed (%s); retrying row by row", op, len(items), batch_error)
+        results = []
+        for item in items:
+            try:
+                (res,) = fn([item])
+                results.append(res)
+            except Exception as e:  # noqa: BLE001
+                detail = f"{type(e).__name__}: {e}"
+                log.warning("%s: row %s failed: %s\n%s", op, item.get("id"), detail, traceback.format_exc(limit=3))
+                results.append(([], [drop(op, "error", detail[:2000])]))
+    return append(batch, [r[0] for r in results], [r[1] for r in results])
