@@ -180,7 +180,7 @@ class LowConfidenceConfig:
 class EntitySwapConfig:
     max_swaps: int = _f(2, "Entities replaced per candidate (SPEC §2: <= 2).")
     max_variations: int = _f(3, "Candidates per source row (Table 10).")
-    resources: OpResources = _f(OpResources(num_gpus=0.0), "Actor pool resources (spaCy).")
+    resources: OpResources = _f(OpResources(num_gpus=0.0), "Pool resources (no model: uses the NER stage's entities).")
 
 
 @dataclass
@@ -217,11 +217,13 @@ class ToxicityConfig:
     )
     label: str = _f("toxicity", "Label whose score is the toxicity (SPEC §2: NOT the top label).")
     batch_size: int = _f(32, "Texts per scoring call.")
+    resources: OpResources = _f(OpResources(), "Actor pool resources of the scoring stage.")
 
 
 @dataclass
 class NerConfig:
     model: str = _f("en_core_web_trf", "spaCy pipeline for named entities (Section 4.2).")
+    resources: OpResources = _f(OpResources(num_gpus=0.25), "Actor pool resources of each NER stage.")
 
 
 @dataclass

@@ -6,6 +6,8 @@
       data/sources/          source rows (Parquet, raydebias.schema.SOURCE_SCHEMA), training split
       data/eval/             held-out source rows for evaluation
       quarantine/data/       rows the data stage did not keep, with reason/detail/raw (QUARANTINE_SCHEMA)
+      augmented/             one row per source: positives, negatives, trainable, drops (part files; resumable)
+      quarantine/augment/    sources with too few positives to train on, and why
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ class RunDir:
     # --- layout ---------------------------------------------------------------------------------
     def sources_dir(self, split: str) -> Path:
         return self.root / "data" / ("sources" if split == "train" else split)
+
+    @property
+    def augmented_dir(self) -> Path:
+        return self.root / "augmented"
 
     def quarantine_dir(self, stage: str) -> Path:
         return self.root / "quarantine" / stage

@@ -17,6 +17,18 @@ SOURCE_SCHEMA = pa.schema(
     ]
 )
 
+# --- named entities (shared by scoring, augmentation, training's NE pooling) ----------------------
+# A named entity: character span [start, end) in its text, spaCy/OntoNotes label, surface text.
+ENTITY_TYPE = pa.struct([
+    pa.field("start", pa.int32()), pa.field("end", pa.int32()), pa.field("label", pa.string()),
+    pa.field("text", pa.string()),
+])
+
+
+def entity(start: int, end: int, label: str, text: str) -> dict:
+    return {"start": int(start), "end": int(end), "label": label, "text": text}
+
+
 # --- quarantine ------------------------------------------------------------------------------
 # Every row that does not make it into a stage's output lands here with one of these reasons, so
 # that rows in = rows kept + rows quarantined holds at every stage (and is asserted).

@@ -33,6 +33,6 @@ def ray_local():
     from raydebias.runtime import init_ray
 
     if not ray.is_initialized():
-        init_ray(load_config(None, ["ray.num_cpus=2"]))
+        init_ray(load_config(None, ["ray.num_cpus=8"]))  # logical: room for the augment pools
     yield ray
     ray.shutdown()

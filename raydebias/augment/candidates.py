@@ -20,15 +20,12 @@ from typing import Any
 
 import pyarrow as pa
 
+from raydebias.schema import ENTITY_TYPE, entity  # noqa: F401  (re-exported: ops build entities from here)
+
 log = logging.getLogger(__name__)
 
 POST_ENTITIES, SUMMARY_ENTITIES, CANDIDATES, DROPS = "post_entities", "summary_entities", "candidates", "drops"
 
-# A named entity: character span [start, end) in its text, spaCy/OntoNotes label, surface text.
-ENTITY_TYPE = pa.struct([
-    pa.field("start", pa.int32()), pa.field("end", pa.int32()), pa.field("label", pa.string()),
-    pa.field("text", pa.string()),
-])
 # A candidate summary. `positive`: reference or backtranslation (SPEC §2). `toxicity` and `entities`
 # are filled by the scoring stages (null until then; toxic_rewrite scores its own). `info`: JSON with
 # op-specific provenance (pivot language, beam score, swapped entities, ...).
@@ -54,10 +51,6 @@ def candidate(text: str, op: str, *, positive: bool = False, toxicity: float | N
 
 def drop(op: str, reason: str, detail: str = "", text: str | None = None) -> dict[str, Any]:
     return {"op": op, "reason": reason, "detail": detail, "text": text}
-
-
-def entity(start: int, end: int, label: str, text: str) -> dict[str, Any]:
-    return {"start": int(start), "end": int(end), "label": label, "text": text}
 
 
 def ensure_columns(batch: pa.Table) -> pa.Table:

@@ -1,0 +1,179 @@
+"""The two scoring stages of augmentation: entity spans and toxicity for every row and candidate.
+
+SPEC §2: "Every candidate records `text`, `op`, `toxicity`, and its named-entity character spans".
+``AnnotateEntities`` runs before the ops (entity_swap, mask_fill, regenerate and the backtranslation
+filter read ``post_entities``/``summary_entities``) and again after them (for the new candidates);
+``ScoreToxicity`` runs after the ops. Both only fill what is still null, so running one twice costs
+nothing and a score an op computed itself (toxic_rewrite keeps a rewrite iff toxicity >= 0.4) is kept.
+
+Shaped like every op (STYLE habit 1): the model is loaded once in ``__init__``; ``__call__`` takes a
+``pa.Table`` and returns a new one with the same rows in the same order, every other column untouched.
+No Ray here: augment/pipeline.py maps these over the dataset.
+
+Faults: one call covers the whole batch (models batch well). If it raises, every text is retried
+alone; a candidate whose text still fails is removed from ``candidates`` and recorded in ``drops``
+as ``(its op, "error", "<stage>: <exception>", text)``, so candidates in = kept + dropped still holds.
+A post or summary that fails gets ``[]`` and an error drop of the stage itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from raydebias import schema as S
+from raydebias.augment.candidates import (
+    CANDIDATE_LIST,
+    CANDIDATES,
+    DROP_LIST,
+    DROPS,
+    ENTITY_LIST,
+    POST_ENTITIES,
+    SUMMARY_ENTITIES,
+    drop,
+    ensure_columns,
+    set_column,
+)
+from raydebias.config import AugmentConfig
+from raydebias.scoring.ner import EntityTagger
+from raydebias.scoring.toxicity import load_toxicity_scorer
+
+__all__ = ["AnnotateEntities", "ScoreToxicity", "STAGES"]
+
+log = logging.getLogger(__name__)
+
+MAX_DETAIL = 2000  # same cap as candidates.apply_rows: a traceback-sized message, not a novel
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """The result slot of a text the model failed on, even alone; `error` is "ExcType: message"."""
+
+    error: str
+
+
+def _isolated(fn: Callable[[list[str]], list[Any]], texts: list[str], stage: str) -> list[Any]:
+    """``fn(texts)``, or, if that raises, ``fn([text])`` per text with failures as ``_Failed``."""
+    if not texts:
+        return []
+    try:
+        results = fn(texts)
+        if len(results) != len(texts):
+            raise RuntimeError(f"{stage}: got {len(results)} results for {len(texts)} texts")
+        return list(results)
+    except Exception as batch_error:  # noqa: BLE001 - isolate the bad text, then record it
+        log.warning("%s: batch of %d texts failed (%s: %s); retrying text by text",
+                    stage, len(texts), type(batch_error).__name__, batch_error)
+    results = []
+    for text in texts:
+        try:
+            (result,) = fn([text])
+            results.append(result)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("%s: one text failed alone too: %s: %s", stage, type(exc).__name__, exc)
+            results.append(_Failed(f"{type(exc).__name__}: {exc}"))
+    return results
+
+
+def _column(batch: pa.Table, name: str) -> list:
+    return batch.column(name).to_pylist()
+
+
+def _with_results(stage: str, key: str, cands: list[list[dict]], drops: list[list[dict]],
+                  slots: Sequence[tuple[int, int]], results: Sequence[Any]) -> tuple[list[list[dict]], list[list[dict]]]:
+    """Write each result into ``cands[i][j][key]``; move failed candidates to drops (same row)."""
+    failed: set[tuple[int, int]] = set()
+    for (i, j), result in zip(slots, results, strict=True):
+        if isinstance(result, _Failed):
+            failed.add((i, j))
+            detail = f"{stage}: {result.error}"[:MAX_DETAIL]
+            drops[i].append(drop(cands[i][j]["op"], "error", detail, cands[i][j]["text"]))
+        else:
+            cands[i][j][key] = result
+    if failed:
+        cands = [[c for j, c in enumerate(row) if (i, j) not in failed] for i, row in enumerate(cands)]
+    return cands, drops
+
+
+class AnnotateEntities:
+    """Fill ``post_entities``, ``summary_entities`` and each candidate's null ``entities`` (spaCy NER)."""
+
+    name = "annotate_entities"
+
+    def __init__(self, cfg: AugmentConfig, device: str = "cpu", seed: int = 0):
+        # spaCy runs on CPU here (the NER pool asks for no GPU); device and seed are accepted so every
+        # stage is built the same way, and NER is deterministic.
+        self.tagger = EntityTagger(cfg.ner.model)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        batch = ensure_columns(batch)
+        texts = {POST_ENTITIES: _column(batch, S.POST), SUMMARY_ENTITIES: _column(batch, S.SUMMARY)}
+        found = {name: _column(batch, name) for name in texts}
+        cands = [list(c or []) for c in _column(batch, CANDIDATES)]
+        drops = [list(d or []) for d in _column(batch, DROPS)]
+
+        # One tag() call over every text of the batch: sources first, then candidates.
+        source_slots = [(name, i) for name in texts for i, ents in enumerate(found[name]) if ents is None]
+        cand_slots = [(i, j) for i, row in enumerate(cands) for j, c in enumerate(row) if c["entities"] is None]
+        queue = [texts[name][i] for name, i in source_slots] + [cands[i][j]["text"] for i, j in cand_slots]
+        results = _isolated(self.tagger.tag, queue, self.name)
+
+        for (name, i), result in zip(source_slots, results[: len(source_slots)], strict=True):
+            if isinstance(result, _Failed):
+                # The row stays (its summary is still a positive); [] means "no entity known", and the
+                # drop makes the failure visible in the per-op counts.
+                which = S.POST if name == POST_ENTITIES else S.SUMMARY
+                drops[i].append(drop(self.name, "error", f"{self.name}: {which}: {result.error}"[:MAX_DETAIL]))
+                result = []
+            found[name][i] = result
+        cands, drops = _with_results(self.name, "entities", cands, drops, cand_slots, results[len(source_slots):])
+
+        for name in texts:
+            batch = set_column(batch, name, found[name], ENTITY_LIST)
+        batch = set_column(batch, CANDIDATES, cands, CANDIDATE_LIST)
+        return set_column(batch, DROPS, drops, DROP_LIST)
+
+
+def _checked(score: Callable[[list[str]], list[float]]) -> Callable[[list[str]], list[float]]:
+    """``score`` that raises on a NaN or out-of-range value, so that text is isolated and dropped
+    instead of passing every ``toxicity >= threshold`` test as False (NaN) downstream."""
+
+    def run(texts: list[str]) -> list[float]:
+        values = score(texts)
+        for text, value in zip(texts, values, strict=False):
+            if not (isinstance(value, numbers.Real) and math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise ValueError(f"toxicity scorer returned {value!r} (expected a float in [0, 1]) "
+                                 f"for text {text[:80]!r}")
+        return values
+
+    return run
+
+
+class ScoreToxicity:
+    """Fill the null ``toxicity`` of every candidate with ``augment.toxicity``'s scorer (SPEC §2)."""
+
+    name = "score_toxicity"
+
+    def __init__(self, cfg: AugmentConfig, device: str = "cpu", seed: int = 0):
+        # seed is accepted so every stage is built the same way; scoring is deterministic.
+        self.scorer = load_toxicity_scorer(cfg.toxicity, device=device)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        batch = ensure_columns(batch)
+        cands = [list(c or []) for c in _column(batch, CANDIDATES)]
+        drops = [list(d or []) for d in _column(batch, DROPS)]
+        slots = [(i, j) for i, row in enumerate(cands) for j, c in enumerate(row) if c["toxicity"] is None]
+        results = _isolated(_checked(self.scorer.score), [cands[i][j]["text"] for i, j in slots], self.name)
+        cands, drops = _with_results(self.name, "toxicity", cands, drops, slots, results)
+        batch = set_column(batch, CANDIDATES, cands, CANDIDATE_LIST)
+        return set_column(batch, DROPS, drops, DROP_LIST)
+
+
+# One registry, a plain dict (STYLE habit 4): stage name -> class.
+STAGES = {"annotate_entities": AnnotateEntities, "score_toxicity": ScoreToxicity}
