@@ -1,0 +1,300 @@
+"""Text generation behind one small interface, for the causal-LM augmentation ops and evaluation.
+
+    gen = make_generator("hf", "tiny:gpt2", "cpu")
+    outs = gen.generate(["POST: ...\\nTL;DR:"], GenParams(max_new_tokens=16, num_beams=8, num_return_sequences=8))
+    outs[0][0].text, outs[0][0].score       # continuation only; HF ``sequences_scores`` of that beam
+
+Two backends:
+
+- :class:`HFGenerator`: ``model.generate`` on a model loaded through :func:`raydebias.models.load_model`
+  (the only loading path), left padding, prompt tokens removed by position. Runs everywhere; the
+  reference for every score this project reports.
+- :class:`VLLMGenerator`: vLLM on CUDA machines (the ``gpu`` extra; not installed on CPU machines).
+  Sampling and greedy decoding only. Beam search is refused (see the class docstring): vLLM's beam
+  scores are normalised differently from HF's, which would silently change eq. 1-2 of the paper.
+
+Both take token ids from the same Hugging Face tokenizer, so prompt truncation is identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+BACKENDS = ("hf", "vllm")
+VLLM_MISSING = (
+    "backend=vllm needs the `gpu` extra on a CUDA machine (pip install 'raydebias[gpu]'); "
+    "vllm is not importable here{why}. Use backend=hf (augment.<op>.backend=hf)."
+)
+
+
+@dataclass(frozen=True)
+class GenParams:
+    """What to generate. Defaults are HF ``generate`` defaults, not the paper's: ops pass their config.
+
+    ``seed`` (not None) reseeds the backend's sampler right before generating, so a batch's samples
+    depend only on the seed and the batch. ``max_input_tokens`` keeps the LAST tokens of a longer prompt
+    (decoder-only generation continues from the prompt's end); ops that must keep a particular part of
+    the prompt shorten it themselves first (low_confidence cuts the post).
+    """
+
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    num_beams: int = 1
+    num_return_sequences: int = 1
+    length_penalty: float = 1.0
+    output_scores: bool = False
+    max_input_tokens: int | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, what: str, value: Any) -> None:
+            if not ok:
+                raise ValueError(f"GenParams.{what}, got {value!r}")
+
+        check(self.max_new_tokens >= 1, "max_new_tokens must be >= 1", self.max_new_tokens)
+        check(self.temperature > 0, "temperature must be > 0 (use do_sample=False for greedy)", self.temperature)
+        check(0 < self.top_p <= 1, "top_p must be in (0, 1]", self.top_p)
+        check(self.repetition_penalty > 0, "repetition_penalty must be > 0", self.repetition_penalty)
+        check(self.num_beams >= 1, "num_beams must be >= 1", self.num_beams)
+        check(self.num_return_sequences >= 1, "num_return_sequences must be >= 1", self.num_return_sequences)
+        check(self.max_input_tokens is None or self.max_input_tokens >= 1,
+              "max_input_tokens must be >= 1 or None", self.max_input_tokens)
+        if not self.do_sample:
+            # Deterministic search can only return as many distinct sequences as it keeps beams.
+            check(self.num_return_sequences <= self.num_beams,
+                  f"num_return_sequences must be <= num_beams={self.num_beams} without sampling",
+                  self.num_return_sequences)
+
+
+@dataclass
+class Generation:
+    """One generated continuation (the prompt is never part of it).
+
+    ``token_ids``: the continuation's tokens up to, not including, the first end-of-sequence token;
+    ``text`` is their decoding (special tokens skipped). ``score``: the beam's sequence score (HF
+    ``sequences_scores``: sum of token log-probs / generated_length ** length_penalty) under beam
+    search, else None. ``token_logprobs``: log-probability of each token in ``token_ids`` under the
+    distribution it was chosen from (after repetition penalty / temperature / top-p), when
+    ``output_scores``.
+    """
+
+    text: str
+    score: float | None = None
+    token_logprobs: list[float] | None = None
+    token_ids: list[int] | None = None
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """``generate(prompts, params)`` -> one list of ``params.num_return_sequences`` Generations per prompt,
+    in the model's order (best beam first under beam search). ``tokenizer`` is the HF tokenizer whose
+    ids the model sees (ops use it to budget prompts)."""
+
+    tokenizer: Any
+
+    def generate(self, prompts: list[str], params: GenParams) -> list[list[Generation]]: ...
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A 63-bit seed from the run seed and e.g. (op name, first row id): stable across processes/runs."""
+    key = ":".join(str(p) for p in (seed, *parts)).encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _eos_ids(*sources: Any) -> set[int]:
+    out: set[int] = set()
+    for src in sources:
+        if src is None:
+            continue
+        out.update(int(i) for i in (src if isinstance(src, (list, tuple)) else [src]))
+    return out
+
+
+def _cut_at_eos(ids: list[int], eos: set[int]) -> int:
+    """Number of tokens before the first end-of-sequence token (everything after it is padding)."""
+    for i, t in enumerate(ids):
+        if t in eos:
+            return i
+    return len(ids)
+
+
+def _context_length(config: Any) -> int | None:
+    for name in ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _input_limit(params: GenParams, context: int | None) -> int | None:
+    """Max prompt tokens: the caller's limit, and never so many that prompt + output overflow the model."""
+    limits = [params.max_input_tokens] if params.max_input_tokens is not None else []
+    if context is not None:
+        limits.append(max(1, context - params.max_new_tokens))
+    return min(limits) if limits else None
+
+
+class HFGenerator:
+    """``model.generate`` on a causal LM loaded with :func:`raydebias.models.load_model`.
+
+    Batched over all prompts with LEFT padding (decoder-only models continue from the last position).
+    Under sampling, HF's default top-k of 50 is switched off (``top_k=0``): Table 10 specifies nucleus
+    sampling only, and vLLM's default is no top-k, so both backends sample the same distribution.
+    """
+
+    def __init__(self, model_id: str, device: str = "cpu", dtype: Any = None):
+        from raydebias.models import load_model
+
+        self.model_id = model_id
+        self.model, self.tokenizer = load_model(model_id, "causal_lm", device=device, dtype=dtype)
+        self.tokenizer.padding_side = "left"
+        self.tokenizer.truncation_side = "left"  # keep the end of an over-long prompt (GenParams doc)
+        self.device = self.model.device
+        self.eos = _eos_ids(self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None))
+        self.context = _context_length(self.model.config)
+
+    def generate(self, prompts: list[str], params: GenParams) -> list[list[Generation]]:
+        import torch
+
+        if not prompts:
+            return []
+        limit = _input_limit(params, self.context)
+        enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True,
+                             truncation=limit is not None, max_length=limit).to(self.device)
+        beam = params.num_beams > 1
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": params.max_new_tokens,
+            "do_sample": params.do_sample,
+            "num_beams": params.num_beams,
+            "num_return_sequences": params.num_return_sequences,
+            "repetition_penalty": params.repetition_penalty,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "return_dict_in_generate": True,
+            # sequences_scores (eq. 1) only exist with output_scores, so beam search always asks.
+            "output_scores": params.output_scores or beam,
+        }
+        if params.do_sample:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+        if beam:
+            kwargs["length_penalty"] = params.length_penalty
+        if params.seed is not None:
+            torch.manual_seed(params.seed)  # all devices
+        with torch.no_grad():
+            out = self.model.generate(**enc, **kwargs)
+        prompt_len = enc["input_ids"].shape[1]
+        continuations = out.sequences[:, prompt_len:].tolist()  # (B * n, T): prompt removed by position
+        logprobs = None
+        if params.output_scores:
+            logprobs = self.model.compute_transition_scores(
+                out.sequences, out.scores, getattr(out, "beam_indices", None) if beam else None,
+                normalize_logits=True,
+            ).float().cpu().tolist()
+        scores = out.sequences_scores.float().cpu().tolist() if beam else None
+        n = params.num_return_sequences
+        results: list[list[Generation]] = []
+        for p in range(len(prompts)):
+            row = []
+            for k in range(p * n, (p + 1) * n):
+                ids = continuations[k][: _cut_at_eos(continuations[k], self.eos)]
+                row.append(Generation(
+                    text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                    score=scores[k] if scores is not None else None,
+                    token_logprobs=logprobs[k][: len(ids)] if logprobs is not None else None,
+                    token_ids=ids,
+                ))
+            results.append(row)
+        return results
+
+
+class VLLMGenerator:
+    """vLLM ``LLM.generate`` for GPU clusters (the ``gpu`` extra). Sampling and greedy decoding only.
+
+    Beam search is refused with a ValueError: vLLM's ``LLM.beam_search`` ranks and returns beams by
+    ``cum_logprob / len(prompt + output) ** length_penalty`` (``vllm.beam_search.get_beam_search_score``),
+    while HF's ``sequences_scores`` divide by the OUTPUT length only. With the paper's length penalty
+    of 2.0 and ~500-token prompts the two keep different beams, so eq. 1's argmin would differ from the
+    paper's. ``low_confidence`` therefore needs backend=hf.
+
+    Prompts are tokenized with the matching HF tokenizer (same truncation as :class:`HFGenerator`) and
+    handed to vLLM as token ids. Which GPU is used is vLLM's choice (Ray sets CUDA_VISIBLE_DEVICES for
+    an actor); ``gpu_memory_utilization`` should match the GPU share the actor was given.
+    """
+
+    def __init__(self, model_id: str, device: str = "cuda", dtype: Any = None, *,
+                 gpu_memory_utilization: float = 0.9, **llm_kwargs: Any):
+        try:
+            import vllm
+        except ImportError as exc:
+            raise ImportError(VLLM_MISSING.format(why=f" ({exc})")) from exc
+        from raydebias.models import load_tokenizer, resolve_device, resolve_model
+
+        if resolve_device(device) == "cpu":
+            raise ValueError(f"backend=vllm runs on CUDA GPUs only, but device={device!r} resolves to cpu; "
+                             "use backend=hf on CPU machines")
+        self._vllm = vllm
+        self.model_id = model_id
+        resolved = resolve_model(model_id)
+        self.tokenizer = load_tokenizer(model_id)
+        self.llm = vllm.LLM(model=resolved, tokenizer=resolved, trust_remote_code=False,
+                            dtype=str(dtype).removeprefix("torch.") if dtype is not None else "auto",
+                            gpu_memory_utilization=gpu_memory_utilization, **llm_kwargs)
+        self.eos = _eos_ids(self.tokenizer.eos_token_id)
+        try:
+            self.context: int | None = int(self.llm.llm_engine.model_config.max_model_len)
+        except (AttributeError, TypeError, ValueError):
+            self.context = None
+
+    def generate(self, prompts: list[str], params: GenParams) -> list[list[Generation]]:
+        if params.num_beams > 1:
+            raise ValueError(
+                f"backend=vllm does not do beam search here (num_beams={params.num_beams}): vLLM normalises "
+                "beam scores by prompt+output length, HF (and the paper's eq. 2) by output length only, so "
+                "the kept beams and their scores would differ. Use backend=hf for low_confidence."
+            )
+        if not prompts:
+            return []
+        limit = _input_limit(params, self.context)
+        token_prompts = []
+        for prompt in prompts:
+            ids = self.tokenizer(prompt)["input_ids"]
+            if limit is not None and len(ids) > limit:
+                ids = ids[-limit:]  # left truncation, as HFGenerator
+            token_prompts.append({"prompt_token_ids": ids})
+        sampling = self._vllm.SamplingParams(
+            n=params.num_return_sequences,
+            temperature=params.temperature if params.do_sample else 0.0,  # vLLM: 0 means greedy
+            top_p=params.top_p if params.do_sample else 1.0,
+            repetition_penalty=params.repetition_penalty,
+            max_tokens=params.max_new_tokens,
+            logprobs=1 if params.output_scores else None,  # the chosen token's logprob is always included
+            seed=params.seed,
+        )
+        outputs = self.llm.generate(token_prompts, sampling, use_tqdm=False)
+        results = []
+        for request in outputs:  # vLLM returns requests in input order
+            row = []
+            for completion in request.outputs:
+                ids = list(completion.token_ids)
+                ids = ids[: _cut_at_eos(ids, self.eos)]
+                token_logprobs = None
+                if params.output_scores and completion.logprobs is not None:
+                    token_logprobs = [float(step[t].logprob) for step, t in zip(completion.logprobs, ids, strict=False)]
+                row.append(Generation(text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                                      score=None, token_logprobs=token_logprobs, token_ids=ids))
+            results.append(row)
+        return results
+
+
+def make_generator(backend: str, model_id: str, device: str = "cpu", **kwargs: Any) -> Generator:
+    """The generator for a config's ``backend`` field ("hf" or "vllm")."""
+    if backend == "hf":
+        return HFGenerator(model_id, device, **kwargs)
+    if backend == "vllm":
+        return VLLMGenerator(model_id, device, **kwargs)
+    raise ValueError(f"unknown generator backend {backend!r}; use one of {', '.join(BACKENDS)}")
+

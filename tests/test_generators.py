@@ -1,0 +1,158 @@
+"""raydebias.augment.generators on the kit's tiny causal LMs, loaded through the production path.
+
+Every expected value is computed independently here: a forward pass for log-probs, a separate
+``model.generate`` call for beam scores, raw token ids for the prompt removal.
+"""
+
+import importlib.util
+
+import pytest
+import torch
+
+from raydebias.augment.generators import (
+    Generation,
+    Generator,
+    GenParams,
+    HFGenerator,
+    VLLMGenerator,
+    derive_seed,
+    make_generator,
+)
+from raydebias.models import load_model
+
+torch.set_num_threads(1)
+
+PROMPTS = [
+    "SUBREDDIT: r/legaladvice\nTITLE: My landlord kept my deposit\nPOST: I moved out in May and he kept all of it.\nTL;DR:",
+    "POST: my roommate owes me $40\nTL;DR:",
+]
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+
+
+@pytest.fixture(scope="module")
+def neo():
+    return HFGenerator("tiny:gpt-neo", "cpu")
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    return HFGenerator("tiny:gpt2", "cpu")
+
+
+def test_sampling_returns_n_continuations_without_the_prompt(neo):
+    params = GenParams(max_new_tokens=12, do_sample=True, top_p=0.95, repetition_penalty=1.2,
+                       num_return_sequences=3, output_scores=True, seed=3)
+    out = neo.generate(PROMPTS, params)
+    assert isinstance(neo, Generator)
+    assert [len(row) for row in out] == [3, 3]
+    for prompt, row in zip(PROMPTS, out, strict=True):
+        prompt_ids = neo.tokenizer(prompt)["input_ids"]
+        for g in row:
+            assert isinstance(g, Generation) and g.score is None  # no beam search, no sequence score
+            assert 0 <= len(g.token_ids) <= 12 and len(g.token_logprobs) == len(g.token_ids)
+            assert neo.tokenizer.eos_token_id not in g.token_ids
+            assert g.text == neo.tokenizer.decode(g.token_ids, skip_special_tokens=True)
+            # Prompt removed by position: prompt tokens + continuation tokens decode to prompt + text,
+            # also for the shorter, left-padded prompt (no pad and no prompt tail in the continuation).
+            assert neo.tokenizer.decode(prompt_ids + g.token_ids) == prompt + g.text
+            assert all(lp <= 1e-6 and lp > -1e4 for lp in g.token_logprobs)
+    assert sum(1 for row in out for g in row if g.token_ids) >= 4  # the checks above saw real tokens
+
+
+def test_greedy_logprobs_equal_a_forward_pass(gpt2):
+    (row,) = gpt2.generate(PROMPTS[:1], GenParams(max_new_tokens=8, output_scores=True))
+    (g,) = row
+    assert g.token_ids, "greedy produced an immediate end-of-sequence"
+    model = gpt2.model
+    prompt_ids = gpt2.tokenizer(PROMPTS[0])["input_ids"]
+    ids = torch.tensor([prompt_ids + g.token_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0].float(), dim=-1)  # (T, V)
+    steps = logp[len(prompt_ids) - 1 : -1]  # the distributions the continuation tokens were chosen from
+    expected = steps.gather(1, torch.tensor(g.token_ids)[:, None])[:, 0]
+    assert torch.allclose(torch.tensor(g.token_logprobs), expected, atol=1e-4)
+    assert steps.argmax(-1).tolist() == g.token_ids  # greedy really took the argmax each step
+
+
+def test_beam_scores_equal_hf_sequences_scores(gpt2):
+    params = GenParams(max_new_tokens=10, num_beams=4, num_return_sequences=4, length_penalty=2.0)
+    out = gpt2.generate(PROMPTS, params)
+    assert [len(row) for row in out] == [4, 4]
+    model, tok = load_model("tiny:gpt2", "causal_lm")
+    tok.padding_side = "left"
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        ref = model.generate(**enc, max_new_tokens=10, num_beams=4, num_return_sequences=4, length_penalty=2.0,
+                             do_sample=False, output_scores=True, return_dict_in_generate=True)
+    expected = ref.sequences_scores.view(2, 4)
+    got = torch.tensor([[g.score for g in row] for row in out])
+    assert torch.allclose(got, expected, atol=1e-5)
+    gen = ref.sequences[:, enc["input_ids"].shape[1]:].view(2, 4, -1)
+    for p, row in enumerate(out):
+        assert [g.score for g in row] == sorted((g.score for g in row), reverse=True)  # model order: best first
+        for b, g in enumerate(row):
+            ids = gen[p, b].tolist()
+            assert g.token_ids == (ids[: ids.index(tok.eos_token_id)] if tok.eos_token_id in ids else ids)
+
+
+def test_seed_makes_sampling_reproducible(neo):
+    def run(seed):
+        params = GenParams(max_new_tokens=10, do_sample=True, num_return_sequences=2, seed=seed)
+        return [[g.token_ids for g in row] for row in neo.generate(PROMPTS, params)]
+
+    assert run(11) == run(11)
+    assert run(11) != run(12)
+    assert derive_seed(0, "toxic_rewrite", "id-1") == derive_seed(0, "toxic_rewrite", "id-1")
+    assert derive_seed(0, "toxic_rewrite", "id-1") != derive_seed(1, "toxic_rewrite", "id-1")
+    assert 0 <= derive_seed(0, "x") < 2**63
+
+
+def test_max_input_tokens_keeps_the_end_of_the_prompt(gpt2):
+    long_prompt = "POST: " + "I lent my car to my cousin and he crashed it. " * 6 + "\nTL;DR:"
+    (row,) = gpt2.generate([long_prompt], GenParams(max_new_tokens=6, max_input_tokens=8))
+    ids = gpt2.tokenizer(long_prompt)["input_ids"]
+    assert len(ids) > 8
+    with torch.no_grad():
+        ref = gpt2.model.generate(torch.tensor([ids[-8:]]), attention_mask=torch.ones(1, 8, dtype=torch.long),
+                                  max_new_tokens=6, do_sample=False)
+    cont = ref[0, 8:].tolist()
+    eos = gpt2.tokenizer.eos_token_id
+    assert row[0].token_ids == (cont[: cont.index(eos)] if eos in cont else cont)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"num_return_sequences": 3}, "num_return_sequences must be <= num_beams=1"),
+    ({"top_p": 0.0}, "top_p"),
+    ({"max_new_tokens": 0}, "max_new_tokens"),
+    ({"max_input_tokens": 0}, "max_input_tokens"),
+])
+def test_gen_params_are_validated(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GenParams(**kwargs)
+
+
+def test_make_generator_backends(gpt2):
+    with pytest.raises(ValueError, match="unknown generator backend 'tgi'; use one of hf, vllm"):
+        make_generator("tgi", "tiny:gpt2", "cpu")
+    assert isinstance(make_generator("hf", "tiny:gpt2", "cpu"), HFGenerator)
+
+
+@pytest.mark.skipif(HAS_VLLM, reason="vllm is installed")
+def test_vllm_backend_without_vllm_says_what_to_do():
+    with pytest.raises(ImportError, match=r"backend=vllm needs the `gpu` extra on a CUDA machine.*backend=hf"):
+        make_generator("vllm", "tiny:gpt2", "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_VLLM and torch.cuda.is_available()), reason="needs vllm and a CUDA GPU")
+def test_vllm_sampling_and_beam_refusal():  # pragma: no cover - GPU only
+    gen = VLLMGenerator("tiny:gpt2", "cuda", gpu_memory_utilization=0.3)
+    out = gen.generate(PROMPTS, GenParams(max_new_tokens=8, do_sample=True, num_return_sequences=2,
+                                          output_scores=True, seed=0))
+    assert [len(row) for row in out] == [2, 2]
+    for row in out:
+        for g in row:
+            assert g.text == gen.tokenizer.decode(g.token_ids, skip_special_tokens=True)
+            assert len(g.token_logprobs) == len(g.token_ids)
+    with pytest.raises(ValueError, match="backend=hf"):
+        gen.generate(PROMPTS, GenParams(max_new_tokens=8, num_beams=4, num_return_sequences=4))
