@@ -23,6 +23,7 @@ from pathlib import Path
 # Run from a checkout without installing: make the package importable (ray job submit's working dir).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from raydebias.augment.pipeline import run_augment_stage  # noqa: E402
 from raydebias.config import ConfigError, describe, load_config  # noqa: E402
 from raydebias.data import DataError, run_data_stage  # noqa: E402
 from raydebias.outputs import RunDir  # noqa: E402
@@ -32,9 +33,8 @@ log = logging.getLogger("raydebias.job")
 
 STAGES = ("data", "augment", "train", "evaluate")
 # The stages that exist. The others are built by their own issues and must not be faked meanwhile.
-IMPLEMENTED = {"data": run_data_stage}
-NOT_YET = {"augment": "issue #3 (augmentation on Ray Data)", "train": "issue #4 (Ray Train + FSDP2)",
-           "evaluate": "issue #5 (evaluation and report)"}
+IMPLEMENTED = {"data": run_data_stage, "augment": run_augment_stage}
+NOT_YET = {"train": "issue #4 (Ray Train + FSDP2)", "evaluate": "issue #5 (evaluation and report)"}
 
 
 class StageNotImplemented(RuntimeError):

@@ -186,6 +186,7 @@ class EntitySwapConfig:
 @dataclass
 class MaskFillConfig:
     model: str = _f("FacebookAI/roberta-large", "Masked LM used to fill entity masks.")
+    max_swaps: int = _f(2, "Entity spans masked per candidate (Table 10: max swaps per sample 2).")
     mask_ratio: float = _f(0.15, "Share of tokens masked when the summary has no entity (Table 10).")
     top_k: int = _f(5, "Sample the fill from the top-k predictions (Table 10).")
     max_variations: int = _f(1, "Candidates per source row.")

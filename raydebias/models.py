@@ -73,6 +73,21 @@ def resolve_device(device: str) -> str:
     raise ValueError(f"unknown device {device!r}; use 'cpu', 'gpu' or 'auto' (or an explicit 'cuda:N')")
 
 
+_UNSET_MAX_LENGTH = 1_000_000  # tokenizers without a limit report ~1e30
+
+
+def max_input_tokens(tokenizer: Any, model: Any, default: int = 512) -> int:
+    """Input token limit: the tokenizer's ``model_max_length`` and the model's position table, if any."""
+    limits = []
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < _UNSET_MAX_LENGTH:
+        limits.append(tok_max)
+    pos = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(pos, int) and pos > 0:
+        limits.append(pos)
+    return min(limits) if limits else default
+
+
 def _resolve_dtype(dtype):
     """None -> None (transformers' default); "auto"/"float32"/"float16"/"bfloat16"/torch.dtype -> value."""
     import torch

@@ -66,6 +66,15 @@ class RunDir:
         _replace_dir(tmp, path)
         return path
 
+    def write_table(self, table: pa.Table, path: Path) -> Path:
+        """A small table (bookkeeping) as one Parquet file in directory ``path``, replaced atomically."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir(parents=True)
+        pq.write_table(table, tmp / "part-0.parquet")
+        _replace_dir(tmp, path)
+        return path
+
     def write_config(self, cfg: Config) -> Path:
         return self._write_text("config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 

@@ -34,7 +34,8 @@ def test_defaults_are_the_papers_values():
     assert (lc.model, lc.num_beams, lc.length_penalty, lc.max_input_tokens, lc.max_new_tokens) == ("gpt2", 8, 2.0, 512, 128)
     assert lc.cliff_threshold == 0.21 and lc.cliff_rule is False
     assert (a.entity_swap.max_swaps, a.entity_swap.max_variations) == (2, 3)
-    assert (a.mask_fill.model, a.mask_fill.mask_ratio, a.mask_fill.top_k) == ("FacebookAI/roberta-large", 0.15, 5)
+    assert (a.mask_fill.model, a.mask_fill.mask_ratio, a.mask_fill.top_k, a.mask_fill.max_swaps) == (
+        "FacebookAI/roberta-large", 0.15, 5, 2)
     assert (a.regenerate.model, a.regenerate.temperature) == ("google/flan-t5-large", 0.7)
     assert (a.toxicity.backend, a.toxicity.model, a.toxicity.label) == ("detoxify", "original", "toxicity")
     assert a.ner.model == "en_core_web_trf"

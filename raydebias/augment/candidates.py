@@ -42,6 +42,11 @@ DROP_TYPE = pa.struct([
 ENTITY_LIST, CANDIDATE_LIST, DROP_LIST = pa.list_(ENTITY_TYPE), pa.list_(CANDIDATE_TYPE), pa.list_(DROP_TYPE)
 
 
+def norm(text: str) -> str:
+    """Comparison key of a text: case- and whitespace-insensitive (duplicates, equal-to-reference)."""
+    return " ".join(text.lower().split())
+
+
 def candidate(text: str, op: str, *, positive: bool = False, toxicity: float | None = None,
               entities: list[dict] | None = None, **info: Any) -> dict[str, Any]:
     """One candidate dict of CANDIDATE_TYPE; extra keyword arguments go to ``info`` (JSON)."""

@@ -31,6 +31,7 @@ from raydebias.augment.candidates import (
     SUMMARY_ENTITIES,
     drop,
     ensure_columns,
+    norm,
 )
 from raydebias.config import AugmentConfig
 
@@ -47,10 +48,6 @@ AUGMENTED_SCHEMA = pa.schema([
 
 _SCAFFOLD_LINE = re.compile(r"^\s*(SUBREDDIT:|TITLE:|POST:|Original text:)", re.I)
 _LEADING_LABEL = re.compile(r"^\s*(TL;DR:|TLDR:|Toxic rewrite:|Summary:)\s*", re.I)
-
-
-def norm(text: str) -> str:
-    return " ".join(text.lower().split())
 
 
 def strip_scaffolding(text: str) -> str:

@@ -19,12 +19,8 @@ import random
 
 import pyarrow as pa
 
-from raydebias.augment.candidates import RowResult, apply_rows, candidate, drop
+from raydebias.augment.candidates import RowResult, apply_rows, candidate, drop, norm
 from raydebias.config import AugmentConfig
-
-
-def _norm(s: str) -> str:
-    return " ".join(s.lower().split())
 
 
 def _rng(seed: int, rid: str) -> random.Random:
@@ -41,7 +37,7 @@ def swap_variations(summary: str, summary_entities: list[dict], post_entities: l
     options = []
     for ent in sorted(summary_entities, key=lambda e: e["start"]):
         pool = sorted({p["text"] for p in post_entities
-                       if p["label"] == ent["label"] and _norm(p["text"]) != _norm(ent["text"])})
+                       if p["label"] == ent["label"] and norm(p["text"]) != norm(ent["text"])})
         if pool:
             options.append((ent, pool))
     if not options:
@@ -51,7 +47,7 @@ def swap_variations(summary: str, summary_entities: list[dict], post_entities: l
         for combo in itertools.combinations(range(len(options)), k):
             plans.append(combo)
     rng.shuffle(plans)
-    out, seen = [], {_norm(summary)}
+    out, seen = [], {norm(summary)}
     for combo in plans:
         if len(out) >= max_variations:
             break
@@ -63,8 +59,8 @@ def swap_variations(summary: str, summary_entities: list[dict], post_entities: l
             text = text[:s] + new + text[e:]
             shift += len(new) - (ent["end"] - ent["start"])
             swaps.append({"from": ent["text"], "to": new, "label": ent["label"], "start": ent["start"], "end": ent["end"]})
-        if _norm(text) not in seen:
-            seen.add(_norm(text))
+        if norm(text) not in seen:
+            seen.add(norm(text))
             out.append((text, swaps))
     return out
 

@@ -1,0 +1,255 @@
+"""The augmentation stage on Ray Data: the ONLY place that wires augmentation ops into actor pools.
+
+    sources ─► reference ─► [ner] ─► [backtranslate] ─► [toxic_rewrite] ─► [low_confidence]
+            ─► [entity_swap] ─► [mask_fill] ─► [regenerate] ─► [ner: candidates] ─► [toxicity] ─► finalize
+
+Each bracket is a ``map_batches`` actor pool (model loaded once per actor) with its own CPU count,
+GPU fraction, batch size and size from config; the pools stream into each other. Whether pools ask
+for GPUs comes from ``device`` (never from the cluster's current resources, ENV.md HANG 1) and pools
+that cannot start fail after ``ray.wait_for_min_actors_s`` instead of waiting forever.
+
+Outputs (``raydebias.outputs.RunDir``): ``augmented/`` (one row per source, AUGMENTED_SCHEMA, written
+part by part as blocks finish), ``quarantine/augment/`` (rows with too few positives to train, with why)
+and ``stats.json["augment"]``. A re-run skips sources already written (resume by source id); a part
+file cut short by a kill is detected, removed and its rows redone, so nothing is lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raydebias import schema as S
+from raydebias.augment.candidates import DROPS
+from raydebias.augment.clean import AUGMENTED_SCHEMA, NEGATIVES, POSITIVES, TRAINABLE, Finalize, add_reference
+from raydebias.config import AugmentConfig, Config, OpResources
+
+log = logging.getLogger(__name__)
+
+OP_NAMES = ("backtranslate", "toxic_rewrite", "low_confidence", "entity_swap", "mask_fill", "regenerate")
+
+
+def stage_classes() -> dict[str, type]:
+    """Stage name -> class (a plain dict; imported lazily so the driver does not load torch for nothing)."""
+    from raydebias.augment.annotate import AnnotateEntities, ScoreToxicity
+    from raydebias.augment.backtranslate import Backtranslate
+    from raydebias.augment.entity_swap import EntitySwap
+    from raydebias.augment.low_confidence import LowConfidence
+    from raydebias.augment.mask_fill import MaskFill
+    from raydebias.augment.regenerate import Regenerate
+    from raydebias.augment.toxic_rewrite import ToxicRewrite
+
+    return {"ner": AnnotateEntities, "ner_candidates": AnnotateEntities, "toxicity": ScoreToxicity,
+            "backtranslate": Backtranslate, "toxic_rewrite": ToxicRewrite, "low_confidence": LowConfidence,
+            "entity_swap": EntitySwap, "mask_fill": MaskFill, "regenerate": Regenerate}
+
+
+def stage_resources(cfg: AugmentConfig, stage: str) -> OpResources:
+    if stage in ("ner", "ner_candidates"):
+        return cfg.ner.resources
+    if stage == "toxicity":
+        return cfg.toxicity.resources
+    return getattr(cfg, stage).resources
+
+
+class StageActor:
+    """One actor of a pool: resolves its device in its own process, loads the stage's model once."""
+
+    def __init__(self, stage: str, cfg: AugmentConfig, use_gpu: bool, seed: int, threads: int,
+                 cls: type | None = None):
+        import torch
+
+        from raydebias.models import resolve_device
+
+        torch.set_num_threads(max(1, threads))
+        self.stage = stage
+        cls = cls or stage_classes()[stage]
+        self.fn = cls(cfg, device=resolve_device("gpu" if use_gpu else "cpu"), seed=seed)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.fn(batch)
+
+
+def _actor_class(stage: str) -> type:
+    # A named subclass so Ray Data's progress and stats say "MapBatches(mask_fill)", not "StageActor".
+    return type(stage, (StageActor,), {})
+
+
+def build(sources: Any, cfg: Config, use_gpu: bool, classes: dict[str, type] | None = None) -> Any:
+    """Source rows (Ray dataset) -> augmented rows (lazy Ray dataset, AUGMENTED_SCHEMA). Streams.
+
+    ``classes`` replaces stage classes by name (fault injection in tests, custom ops).
+    """
+    from ray.data import ActorPoolStrategy
+
+    a = cfg.augment
+    ds = sources.map_batches(add_reference, batch_format="pyarrow", num_cpus=0.1)
+    for stage in ("ner", *a.ops, "ner_candidates", "toxicity"):
+        res = stage_resources(a, stage)
+        gpus = res.num_gpus if use_gpu else 0.0
+        ds = ds.map_batches(
+            _actor_class(stage), batch_format="pyarrow", batch_size=res.batch_size,
+            compute=ActorPoolStrategy(size=res.actors), num_cpus=res.num_cpus, num_gpus=gpus,
+            fn_constructor_kwargs={"stage": stage, "cfg": a, "use_gpu": use_gpu and gpus > 0, "seed": cfg.seed,
+                                   "threads": int(res.num_cpus), "cls": (classes or {}).get(stage)},
+        )
+        log.info("augment: pool %-15s actors=%d num_cpus=%g num_gpus=%g batch_size=%d", stage, res.actors,
+                 res.num_cpus, gpus, res.batch_size)
+    return ds.map_batches(Finalize, batch_format="pyarrow", num_cpus=0.1, compute=ActorPoolStrategy(size=1),
+                          fn_constructor_args=(a,))
+
+
+# --------------------------------------------------------------------------------------------------
+# Resume
+# --------------------------------------------------------------------------------------------------
+
+
+def finished_ids(out_dir: Path) -> set[str]:
+    """Ids already in ``augmented/``; part files that cannot be read (cut short by a kill) are removed."""
+    done: set[str] = set()
+    if not out_dir.exists():
+        return done
+    for f in sorted(out_dir.glob("*.parquet")):
+        try:
+            ids = pq.read_table(f, columns=[S.ID]).column(S.ID).to_pylist()
+        except Exception as e:  # noqa: BLE001 - a truncated/corrupt part: its rows are simply redone
+            log.warning("augment: removing unreadable part %s (%s); its rows will be redone", f.name, e)
+            f.unlink()
+            continue
+        dup = done.intersection(ids)
+        if dup:  # cannot happen by construction; refuse to build on a directory that says otherwise
+            raise RuntimeError(f"augment: {f} repeats ids already written elsewhere: {sorted(dup)[:5]}")
+        done.update(ids)
+    return done
+
+
+# --------------------------------------------------------------------------------------------------
+# Counting
+# --------------------------------------------------------------------------------------------------
+
+
+def count_batch(batch: pa.Table) -> dict[str, Any]:
+    """Counts of one batch of augmented rows (summed by :func:`merge_counts`)."""
+    c: dict[str, Any] = {"rows": batch.num_rows, "trainable": 0, "kept": Counter(), "dropped": defaultdict(Counter)}
+    for row in batch.select([TRAINABLE, POSITIVES, NEGATIVES, DROPS]).to_pylist():
+        c["trainable"] += bool(row[TRAINABLE])
+        for cand in (row[POSITIVES] or []) + (row[NEGATIVES] or []):
+            c["kept"][cand["op"]] += 1
+        for d in row[DROPS] or []:
+            c["dropped"][d["op"]][d["reason"]] += 1
+    return c
+
+
+def merge_counts(parts: list[dict[str, Any]], rows_in: int) -> dict[str, Any]:
+    rows = sum(p["rows"] for p in parts)
+    trainable = sum(p["trainable"] for p in parts)
+    kept: Counter = Counter()
+    dropped: dict[str, Counter] = defaultdict(Counter)
+    for p in parts:
+        kept.update(p["kept"])
+        for op, reasons in p["dropped"].items():
+            dropped[op].update(reasons)
+    per_op = {}
+    for op in sorted(set(kept) | set(dropped)):
+        d = dict(sorted(dropped[op].items()))
+        per_op[op] = {"generated": kept[op] + sum(d.values()), "kept": kept[op], "dropped": sum(d.values()),
+                      "dropped_by_reason": d}
+    return {"rows_in": rows_in, "rows_out": rows, "trainable": trainable, "quarantined": rows - trainable,
+            "ops": per_op}
+
+
+def _iter_parts(path: Path, columns: list[str]):
+    for f in sorted(path.glob("*.parquet")):
+        yield from pq.ParquetFile(f).iter_batches(batch_size=4096, columns=columns)
+
+
+def _stats_of(path: Path, rows_in: int) -> dict[str, Any]:
+    # Bookkeeping over the written parts, streamed on the driver: a Ray execution per pass cost ~25 s
+    # of scheduling on small clusters for what is a column scan.
+    cols = [S.ID, TRAINABLE, POSITIVES, NEGATIVES, DROPS]
+    parts = [count_batch(pa.Table.from_batches([b])) for b in _iter_parts(path, cols)]
+    return merge_counts(parts, rows_in)
+
+
+def _untrainable_to_quarantine(batch: pa.Table, min_positives: int) -> pa.Table:
+    rows = [r for r in batch.select([S.ID, TRAINABLE, POSITIVES, DROPS]).to_pylist() if not r[TRAINABLE]]
+    details = []
+    for r in rows:
+        why = Counter(f"{d['op']}:{d['reason']}" for d in r[DROPS] or [])
+        details.append(f"{len(r[POSITIVES] or [])} positive(s) < augment.min_positives={min_positives}; "
+                       f"drops: {dict(why) or 'none'}")
+    n = len(rows)
+    return pa.Table.from_arrays(
+        [pa.array(["augment"] * n), pa.array(["train"] * n), pa.array(["untrainable"] * n), pa.array(details),
+         pa.array(["augmented"] * n), pa.array([-1] * n, pa.int64()), pa.array([r[S.ID] for r in rows]),
+         pa.array([json.dumps({"positives": r[POSITIVES]}, default=str) for r in rows])],
+        schema=S.QUARANTINE_SCHEMA,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------------
+
+
+def run_augment_stage(cfg: Config, out: Any) -> dict[str, Any]:
+    """Augment ``DIR/data/sources`` into ``DIR/augmented`` (resuming), then write quarantine and stats."""
+    import ray.data
+
+    from raydebias.runtime import use_gpus
+
+    src = out.sources_dir("train")
+    if not src.exists():
+        from raydebias.data import run_data_stage
+
+        log.info("augment: %s does not exist yet: running the data stage first", src)
+        run_data_stage(cfg, out)
+    rows_in = sum(pq.ParquetFile(f).metadata.num_rows for f in src.glob("*.parquet"))
+    dest = out.augmented_dir
+    done = finished_ids(dest)
+    gpu = use_gpus(cfg.device)
+    if not gpu:
+        log.info("augment: device=%s -> every pool runs on CPU resources (num_gpus=0)", cfg.device)
+    t0 = time.perf_counter()
+    todo = rows_in - len(done)
+    if todo > 0:
+        sources = ray.data.read_parquet(str(src))
+        if done:
+            log.info("augment: resuming: %d of %d sources already written, %d to go", len(done), rows_in, todo)
+            done_ref = frozenset(done)
+            sources = sources.filter(lambda r: r[S.ID] not in done_ref)
+        augmented = build(sources, cfg, gpu)
+        dest.mkdir(parents=True, exist_ok=True)
+        try:
+            augmented.write_parquet(str(dest), ray_remote_args={"num_cpus": 0.1})
+        except Exception as e:
+            if "min" in str(e).lower() and "actor" in str(e).lower():
+                raise RuntimeError(
+                    f"an augmentation actor pool could not start within ray.wait_for_min_actors_s="
+                    f"{cfg.ray.wait_for_min_actors_s}s: the cluster cannot give it the requested resources "
+                    f"(device={cfg.device}; see the pool lines above). Lower the pools' num_cpus/num_gpus or "
+                    f"actors, or add nodes. Ray said: {e}") from e
+            raise
+    else:
+        log.info("augment: all %d sources already written; recomputing stats only", rows_in)
+    stats = _stats_of(dest, rows_in)
+    stats["seconds"] = round(time.perf_counter() - t0, 2)
+    stats["resumed_from"] = len(done)
+    if stats["rows_out"] != rows_in:
+        raise AssertionError(f"augment: {rows_in} source rows in but {stats['rows_out']} augmented rows out")
+    q = [_untrainable_to_quarantine(pa.Table.from_batches([b]), cfg.augment.min_positives)
+         for b in _iter_parts(dest, [S.ID, TRAINABLE, POSITIVES, DROPS])]
+    out.write_table(pa.concat_tables(q) if q else S.QUARANTINE_SCHEMA.empty_table(), out.quarantine_dir("augment"))
+    out.update_stats("augment", stats)
+    return stats
+
+
+__all__ = ["AUGMENTED_SCHEMA", "OP_NAMES", "build", "count_batch", "finished_ids", "merge_counts",
+           "run_augment_stage", "stage_classes"]
