@@ -7,7 +7,8 @@ Starts an embedded local Ray cluster unless ``ray.address`` / ``RAY_ADDRESS`` na
 submit`` sets ``RAY_ADDRESS`` for the driver, so submitted jobs join their cluster). Trailing
 ``key.sub=value`` arguments override the config file (``train.alpha=8 data.limit=100``).
 
-Exit codes: 0 done; 2 bad config/arguments or a stage that is not implemented yet; 3 unreadable input.
+Exit codes: 0 done; 2 bad config/arguments or a stage that is not implemented yet; 3 unreadable input;
+4 an actor pool could not get its resources within ray.wait_for_min_actors_s.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 # Run from a checkout without installing: make the package importable (ray job submit's working dir).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from raydebias.augment.pipeline import run_augment_stage  # noqa: E402
+from raydebias.augment.pipeline import PoolStartError, run_augment_stage  # noqa: E402
 from raydebias.config import ConfigError, describe, load_config  # noqa: E402
 from raydebias.data import DataError, run_data_stage  # noqa: E402
 from raydebias.outputs import RunDir  # noqa: E402
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except PoolStartError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 4
     log.info("done in %s; outputs under %s", timings, out.root)
     return 0
 

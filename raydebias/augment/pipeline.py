@@ -33,6 +33,10 @@ from raydebias.config import AugmentConfig, Config, OpResources
 
 log = logging.getLogger(__name__)
 
+class PoolStartError(RuntimeError):
+    """An actor pool could not get its resources in time (instead of waiting forever: ENV.md HANG 1)."""
+
+
 OP_NAMES = ("backtranslate", "toxic_rewrite", "low_confidence", "entity_swap", "mask_fill", "regenerate")
 
 
@@ -230,12 +234,15 @@ def run_augment_stage(cfg: Config, out: Any) -> dict[str, Any]:
         try:
             augmented.write_parquet(str(dest), ray_remote_args={"num_cpus": 0.1})
         except Exception as e:
-            if "min" in str(e).lower() and "actor" in str(e).lower():
-                raise RuntimeError(
+            if "Timed out while starting actors" in str(e):
+                pools = ", ".join(f"{st}(num_cpus={stage_resources(cfg.augment, st).num_cpus:g}, num_gpus="
+                                  f"{stage_resources(cfg.augment, st).num_gpus if gpu else 0:g})"
+                                  for st in ("ner", *cfg.augment.ops, "ner_candidates", "toxicity"))
+                raise PoolStartError(
                     f"an augmentation actor pool could not start within ray.wait_for_min_actors_s="
-                    f"{cfg.ray.wait_for_min_actors_s}s: the cluster cannot give it the requested resources "
-                    f"(device={cfg.device}; see the pool lines above). Lower the pools' num_cpus/num_gpus or "
-                    f"actors, or add nodes. Ray said: {e}") from e
+                    f"{cfg.ray.wait_for_min_actors_s}s: the cluster cannot give it the resources it asks for "
+                    f"(device={cfg.device}; pools: {pools}). On a cluster without GPUs use device=cpu; otherwise "
+                    f"lower the pools' num_cpus/num_gpus/actors or add nodes.") from e
             raise
     else:
         log.info("augment: all %d sources already written; recomputing stats only", rows_in)
