@@ -224,7 +224,9 @@ class ToxicityConfig:
 @dataclass
 class NerConfig:
     model: str = _f("en_core_web_trf", "spaCy pipeline for named entities (Section 4.2).")
-    resources: OpResources = _f(OpResources(num_gpus=0.25), "Actor pool resources of each NER stage.")
+    resources: OpResources = _f(
+        OpResources(num_gpus=0.0, num_cpus=2.0),
+        "Actor pool resources of each NER stage (spaCy runs on CPU here: GPU spaCy needs spacy[cuda]).")
 
 
 @dataclass

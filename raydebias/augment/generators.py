@@ -290,11 +290,18 @@ class VLLMGenerator:
         return results
 
 
-def make_generator(backend: str, model_id: str, device: str = "cpu", **kwargs: Any) -> Generator:
-    """The generator for a config's ``backend`` field ("hf" or "vllm")."""
+def make_generator(backend: str, model_id: str, device: str = "cpu", *, gpu_fraction: float = 1.0,
+                   **kwargs: Any) -> Generator:
+    """The generator for a config's ``backend`` field ("hf" or "vllm").
+
+    ``gpu_fraction`` is the share of the GPU the calling actor pool reserved (``resources.num_gpus``):
+    vLLM pre-allocates ``gpu_memory_utilization`` of the whole device, so it is capped at 90% of that
+    share, otherwise two pools sharing a GPU would each try to take 90% of it.
+    """
     if backend == "hf":
         return HFGenerator(model_id, device, **kwargs)
     if backend == "vllm":
+        kwargs.setdefault("gpu_memory_utilization", round(0.9 * min(max(gpu_fraction, 0.05), 1.0), 3))
         return VLLMGenerator(model_id, device, **kwargs)
     raise ValueError(f"unknown generator backend {backend!r}; use one of {', '.join(BACKENDS)}")
 

@@ -112,7 +112,8 @@ class LowConfidence:
                 "Face beam scores (vLLM normalises beam scores by prompt+output length, which keeps other "
                 "beams). Set augment.low_confidence.backend=hf."
             )
-        self.generator = make_generator(self.cfg.backend, self.cfg.model, device)
+        self.generator = make_generator(self.cfg.backend, self.cfg.model, device,
+                                        gpu_fraction=self.cfg.resources.num_gpus)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return apply_rows(batch, self.name, self._rows)

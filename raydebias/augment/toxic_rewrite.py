@@ -92,7 +92,8 @@ class ToxicRewrite:
 
     def __init__(self, cfg: AugmentConfig, device: str = "cpu", seed: int = 0):
         self.cfg, self.seed = cfg.toxic_rewrite, seed
-        self.generator = make_generator(self.cfg.backend, self.cfg.model, device)
+        self.generator = make_generator(self.cfg.backend, self.cfg.model, device,
+                                        gpu_fraction=self.cfg.resources.num_gpus)
         self.scorer = load_toxicity_scorer(cfg.toxicity, device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
