@@ -86,14 +86,19 @@ def main() -> None:
     from raydebias.config import load_config
     from raydebias.runtime import init_ray
 
-    cfg = load_config(REPO / "jobs/configs/smoke.yaml")
+    # Logical CPUs for 2 actors x 9 pools x 0.5 CPU (+ tasks); physical cores stay what they are.
+    over = ["ray.num_cpus=16"]
+    cfg = load_config(REPO / "jobs/configs/smoke.yaml", over)
     table = source_rows(args.rows)
     loop_s = sequential(table, cfg)
+    print(json.dumps({"loop_s": round(loop_s, 2)}), flush=True)
     init_ray(cfg)
     try:
-        cold_1 = pipeline(table, load_config(REPO / "jobs/configs/smoke.yaml"), actors=1)
-        warm_1 = pipeline(table, load_config(REPO / "jobs/configs/smoke.yaml"), actors=1)
-        warm_2 = pipeline(table, load_config(REPO / "jobs/configs/smoke.yaml"), actors=2)
+        cold_1 = pipeline(table, load_config(REPO / "jobs/configs/smoke.yaml", over), actors=1)
+        print(json.dumps({"pipeline_cold_s": round(cold_1, 2)}), flush=True)
+        warm_1 = pipeline(table, load_config(REPO / "jobs/configs/smoke.yaml", over), actors=1)
+        print(json.dumps({"pipeline_warm_s": round(warm_1, 2)}), flush=True)
+        warm_2 = pipeline(table, load_config(REPO / "jobs/configs/smoke.yaml", over), actors=2)
     finally:
         ray.shutdown()
     n = table.num_rows
