@@ -306,19 +306,16 @@ def _make_datasource(paths: list[str]):
 # Parsing and validation (pure: Arrow batch in, Arrow batch out)
 # --------------------------------------------------------------------------------------------------
 
-PARSED_SCHEMA = pa.schema(
-    [
-        *S.SOURCE_SCHEMA,
-        pa.field(S.REC_FILE, pa.string()),
-        pa.field(S.REC_LINE, pa.int64()),
-        pa.field(S.REC_RANK, pa.int64()),
-        pa.field(S.REASON, pa.string()),  # "" for kept rows
-        pa.field(S.DETAIL, pa.string()),
-        pa.field(S.RAW, pa.string()),  # filled only for quarantined rows
-    ]
-)
 # id/post/summary are nullable here (quarantined rows may lack them); SOURCE_SCHEMA is enforced on output.
-PARSED_SCHEMA = pa.schema([f.with_nullable(True) for f in PARSED_SCHEMA])
+PARSED_SCHEMA = pa.schema([
+    *(f.with_nullable(True) for f in S.SOURCE_SCHEMA),
+    pa.field(S.REC_FILE, pa.string()),
+    pa.field(S.REC_LINE, pa.int64()),
+    pa.field(S.REC_RANK, pa.int64()),
+    pa.field(S.REASON, pa.string()),  # "" for kept rows
+    pa.field(S.DETAIL, pa.string()),
+    pa.field(S.RAW, pa.string()),  # filled only for quarantined rows
+])
 
 
 class _Reject(Exception):

@@ -4,13 +4,7 @@ Each tiny model is loaded exactly as its real counterpart would be (load_model /
 load_detoxify with a `tiny:` id) and then used the way the pipeline uses it.
 """
 
-import os
-
-# Before transformers/torch are imported anywhere: a stray hub call must fail fast (ENV.md), and
-# tokenizers/torch must not spawn threads on 2-core machines.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
+import os  # noqa: F401  (offline/threads env: set by conftest.py before any import)
 import shutil  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402

@@ -3,15 +3,9 @@
 Loading/generation through the production path is in test_models.py; here the kit itself.
 """
 
-import os
-
-# Before transformers/torch are imported anywhere: a stray hub call must fail fast (ENV.md), and
-# tokenizers/torch must not spawn threads on 2-core machines.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
+import os  # noqa: F401  (offline/threads env: set by conftest.py before any import)
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
