@@ -4,7 +4,6 @@ Each tiny model is loaded exactly as its real counterpart would be (load_model /
 load_detoxify with a `tiny:` id) and then used the way the pipeline uses it.
 """
 
-import os  # noqa: F401  (offline/threads env: set by conftest.py before any import)
 import shutil  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402

@@ -5,7 +5,7 @@ Loading/generation through the production path is in test_models.py; here the ki
 
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
-import os  # noqa: F401  (offline/threads env: set by conftest.py before any import)
+import os
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
