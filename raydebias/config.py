@@ -278,6 +278,9 @@ class TrainConfig:
     num_workers: int = _f(1, "Ray Train workers (FSDP2 shards).")
     cpus_per_worker: float = _f(1.0, "CPUs per train worker (budget below the cluster total: ENV.md HANG 2).")
     checkpoint_every_steps: int = _f(0, "Also checkpoint every N steps (0: per epoch only).")
+    keep_checkpoints: int = _f(2, "Checkpoints kept on storage (the latest ones).")
+    report_every_steps: int = _f(1, "Report/log training metrics every N steps.")
+    max_failures: int = _f(2, "Ray Train FailureConfig: restarts from the last checkpoint after a worker fails.")
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "train.lr", "must be > 0", self.lr)
@@ -292,6 +295,10 @@ class TrainConfig:
         _check(self.max_negatives is None or self.max_negatives >= 0, "train.max_negatives",
                "must be >= 0 or null", self.max_negatives)
         _check(self.num_workers >= 1, "train.num_workers", "must be >= 1", self.num_workers)
+        _check(self.groups_per_batch >= 1, "train.groups_per_batch", "must be >= 1", self.groups_per_batch)
+        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1", self.keep_checkpoints)
+        _check(self.report_every_steps >= 1, "train.report_every_steps", "must be >= 1", self.report_every_steps)
+        _check(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0", self.cpus_per_worker)
 
 
 @dataclass

@@ -7,7 +7,9 @@
       data/eval/             held-out source rows for evaluation
       quarantine/data/       rows the data stage did not keep, with reason/detail/raw (QUARANTINE_SCHEMA)
       augmented/             one row per source: positives, negatives, trainable, drops (part files; resumable)
-      quarantine/augment/    sources with too few positives to train on, and why
+      quarantine/augment/    sources with fewer than 2 positives (no contrastive pair: L_ce only), and why
+      train/                 Ray Train run storage: checkpoints (model, head, optimizer, data position)
+      model/                 the trained LM (save_pretrained) + projection_head.safetensors
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ class RunDir:
     def augmented_dir(self) -> Path:
         return self.root / "augmented"
 
+    @property
+    def train_dir(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "model"
+
     def quarantine_dir(self, stage: str) -> Path:
         return self.root / "quarantine" / stage
 
@@ -63,7 +73,7 @@ class RunDir:
             tmp.mkdir(parents=True, exist_ok=True)
             schema = schema or ds.schema().base_schema
             pq.write_table(schema.empty_table(), tmp / "empty.parquet")
-        _replace_dir(tmp, path)
+        replace_dir(tmp, path)
         return path
 
     def write_table(self, table: pa.Table, path: Path) -> Path:
@@ -72,7 +82,7 @@ class RunDir:
         tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
         tmp.mkdir(parents=True)
         pq.write_table(table, tmp / "part-0.parquet")
-        _replace_dir(tmp, path)
+        replace_dir(tmp, path)
         return path
 
     def write_config(self, cfg: Config) -> Path:
@@ -98,7 +108,7 @@ class RunDir:
         return final
 
 
-def _replace_dir(new: Path, final: Path) -> None:
+def replace_dir(new: Path, final: Path) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     old = None
     if final.exists():

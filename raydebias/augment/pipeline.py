@@ -12,14 +12,21 @@ Outputs (``raydebias.outputs.RunDir``): ``augmented/`` (one row per source, AUGM
 part by part as blocks finish), ``quarantine/augment/`` (rows with too few positives to train, with why)
 and ``stats.json["augment"]``. A re-run skips sources already written (resume by source id); a part
 file cut short by a kill is detected, removed and its rows redone, so nothing is lost or duplicated.
+
+Streamed into training (``--stage all``): :func:`augment_stream` hands the same pools' output to the
+trainer as a lazy dataset, writing each finished batch to ``augmented/`` on the way (:func:`write_part`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import time
+import uuid
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -203,8 +210,19 @@ def _untrainable_to_quarantine(batch: pa.Table, min_positives: int) -> pa.Table:
 # --------------------------------------------------------------------------------------------------
 
 
-def run_augment_stage(cfg: Config, out: Any) -> dict[str, Any]:
-    """Augment ``DIR/data/sources`` into ``DIR/augmented`` (resuming), then write quarantine and stats."""
+@dataclass
+class AugmentRun:
+    """What is left to augment in a run directory: rows in, ids already written, the pending sources."""
+
+    rows_in: int
+    done: set[str]
+    pending: Any  # Ray dataset of the source rows still to augment, or None
+    gpu: bool
+    t0: float
+
+
+def prepare_augment(cfg: Config, out: Any) -> AugmentRun:
+    """Run the data stage if needed, find what ``DIR/augmented`` already holds, and what is left."""
     import ray.data
 
     from raydebias.runtime import use_gpus
@@ -216,41 +234,102 @@ def run_augment_stage(cfg: Config, out: Any) -> dict[str, Any]:
         log.info("augment: %s does not exist yet: running the data stage first", src)
         run_data_stage(cfg, out)
     rows_in = sum(pq.ParquetFile(f).metadata.num_rows for f in src.glob("*.parquet"))
-    dest = out.augmented_dir
-    done = finished_ids(dest)
+    done = finished_ids(out.augmented_dir)
     gpu = use_gpus(cfg.device)
     if not gpu:
         log.info("augment: device=%s -> every pool runs on CPU resources (num_gpus=0)", cfg.device)
-    t0 = time.perf_counter()
-    todo = rows_in - len(done)
-    if todo > 0:
-        sources = ray.data.read_parquet(str(src))
+    pending = None
+    if rows_in - len(done) > 0:
+        pending = ray.data.read_parquet(str(src))
         if done:
-            log.info("augment: resuming: %d of %d sources already written, %d to go", len(done), rows_in, todo)
+            log.info("augment: resuming: %d of %d sources already written, %d to go", len(done), rows_in,
+                     rows_in - len(done))
             done_ref = frozenset(done)
-            sources = sources.filter(lambda r: r[S.ID] not in done_ref)
-        augmented = build(sources, cfg, gpu)
-        dest.mkdir(parents=True, exist_ok=True)
-        try:
-            augmented.write_parquet(str(dest), ray_remote_args={"num_cpus": 0.1})
-        except Exception as e:
-            if "Timed out while starting actors" in str(e):
-                pools = ", ".join(f"{st}(num_cpus={stage_resources(cfg.augment, st).num_cpus:g}, num_gpus="
-                                  f"{stage_resources(cfg.augment, st).num_gpus if gpu else 0:g})"
-                                  for st in ("ner", *cfg.augment.ops, "ner_candidates", "toxicity"))
-                raise PoolStartError(
-                    f"an augmentation actor pool could not start within ray.wait_for_min_actors_s="
-                    f"{cfg.ray.wait_for_min_actors_s}s: the cluster cannot give it the resources it asks for "
-                    f"(device={cfg.device}; pools: {pools}). On a cluster without GPUs use device=cpu; otherwise "
-                    f"lower the pools' num_cpus/num_gpus/actors or add nodes.") from e
-            raise
+            pending = pending.filter(lambda r: r[S.ID] not in done_ref)
     else:
-        log.info("augment: all %d sources already written; recomputing stats only", rows_in)
-    stats = _stats_of(dest, rows_in)
-    stats["seconds"] = round(time.perf_counter() - t0, 2)
-    stats["resumed_from"] = len(done)
-    if stats["rows_out"] != rows_in:
-        raise AssertionError(f"augment: {rows_in} source rows in but {stats['rows_out']} augmented rows out")
+        log.info("augment: all %d sources already written", rows_in)
+    return AugmentRun(rows_in, done, pending, gpu, time.perf_counter())
+
+
+def write_part(batch: pa.Table, dest: str) -> pa.Table:
+    """Pass-through: write a batch of augmented rows as one part file, atomically, and hand it on.
+
+    Used when augmentation streams into training: the rows reach the trainer and ``DIR/augmented`` at
+    once. The file name derives from the batch's ids, so a retried task rewrites the same file instead of
+    duplicating rows; the temporary name does not end in .parquet, so readers never see a partial part.
+    """
+    if batch.num_rows == 0:
+        return batch
+    ids = batch.column(S.ID).to_pylist()
+    name = "part-" + hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:20] + ".parquet"
+    final = Path(dest) / name
+    tmp = final.with_name(f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+    pq.write_table(batch, tmp)
+    os.replace(tmp, final)
+    return batch
+
+
+class SkipWritten:
+    """Drops source rows whose augmented row is already in ``dest``, as listed when the actor starts.
+
+    The stream into training is re-executed when Ray Train restarts failed workers: rows the failed
+    attempt already wrote are then read back from the parts (``parts_dataset``) instead of being
+    augmented and written a second time.
+    """
+
+    def __init__(self, dest: str):
+        self.done = frozenset(finished_ids(Path(dest)))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if not self.done:
+            return batch
+        keep = [i not in self.done for i in batch.column(S.ID).to_pylist()]
+        return batch.filter(pa.array(keep, pa.bool_()))
+
+
+def augment_stream(cfg: Config, out: Any, run: AugmentRun, written: Any) -> Any:
+    """The augmented rows as ONE lazy dataset for a consumer (training) that runs while it is produced.
+
+    ``written`` is a dataset of the parts in ``DIR/augmented`` listed when it executes; the other half
+    streams every source not written by then through the pools, each finished batch also written to
+    ``DIR/augmented`` (:func:`write_part`). Both halves decide what is done at execution time, so a
+    re-execution (a worker restart) neither loses nor repeats a row. Call :func:`finish_augment` after.
+    """
+    import ray.data
+    from ray.data import ActorPoolStrategy
+
+    dest = out.augmented_dir
+    dest.mkdir(parents=True, exist_ok=True)
+    sources = ray.data.read_parquet(str(out.sources_dir("train"))).map_batches(
+        SkipWritten, batch_format="pyarrow", num_cpus=0.1, compute=ActorPoolStrategy(size=1),
+        fn_constructor_kwargs={"dest": str(dest)})
+    fresh = build(sources, cfg, run.gpu).map_batches(write_part, batch_format="pyarrow", num_cpus=0.1,
+                                                     fn_kwargs={"dest": str(dest)})
+    return written.union(fresh)
+
+
+def pool_start_error(cfg: Config, gpu: bool, e: BaseException) -> PoolStartError | None:
+    """A clear error when Ray Data gave up starting an actor pool (wait_for_min_actors_s), else None."""
+    if "Timed out while starting actors" not in str(e):
+        return None
+    pools = ", ".join(f"{st}(num_cpus={stage_resources(cfg.augment, st).num_cpus:g}, num_gpus="
+                      f"{stage_resources(cfg.augment, st).num_gpus if gpu else 0:g})"
+                      for st in ("ner", *cfg.augment.ops, "ner_candidates", "toxicity"))
+    return PoolStartError(
+        f"an augmentation actor pool could not start within ray.wait_for_min_actors_s="
+        f"{cfg.ray.wait_for_min_actors_s}s: the cluster cannot give it the resources it asks for "
+        f"(device={cfg.device}; pools: {pools}). On a cluster without GPUs use device=cpu; otherwise "
+        f"lower the pools' num_cpus/num_gpus/actors or add nodes.")
+
+
+def finish_augment(cfg: Config, out: Any, run: AugmentRun) -> dict[str, Any]:
+    """Counts over ``DIR/augmented`` (rows in = rows out, asserted), quarantine of untrainable rows, stats."""
+    dest = out.augmented_dir
+    stats = _stats_of(dest, run.rows_in)
+    stats["seconds"] = round(time.perf_counter() - run.t0, 2)
+    stats["resumed_from"] = len(run.done)
+    if stats["rows_out"] != run.rows_in:
+        raise AssertionError(f"augment: {run.rows_in} source rows in but {stats['rows_out']} augmented rows out")
     q = [_untrainable_to_quarantine(pa.Table.from_batches([b]), cfg.augment.min_positives)
          for b in _iter_parts(dest, [S.ID, TRAINABLE, POSITIVES, DROPS])]
     out.write_table(pa.concat_tables(q) if q else S.QUARANTINE_SCHEMA.empty_table(), out.quarantine_dir("augment"))
@@ -258,5 +337,21 @@ def run_augment_stage(cfg: Config, out: Any) -> dict[str, Any]:
     return stats
 
 
-__all__ = ["AUGMENTED_SCHEMA", "OP_NAMES", "build", "count_batch", "finished_ids", "merge_counts",
-           "run_augment_stage", "stage_classes"]
+def run_augment_stage(cfg: Config, out: Any) -> dict[str, Any]:
+    """Augment ``DIR/data/sources`` into ``DIR/augmented`` (resuming), then write quarantine and stats."""
+    run = prepare_augment(cfg, out)
+    if run.pending is not None:
+        dest = out.augmented_dir
+        dest.mkdir(parents=True, exist_ok=True)
+        try:
+            build(run.pending, cfg, run.gpu).write_parquet(str(dest), ray_remote_args={"num_cpus": 0.1})
+        except Exception as e:
+            if (err := pool_start_error(cfg, run.gpu, e)) is not None:
+                raise err from e
+            raise
+    return finish_augment(cfg, out, run)
+
+
+__all__ = ["AUGMENTED_SCHEMA", "OP_NAMES", "AugmentRun", "augment_stream", "build", "count_batch", "finish_augment",
+           "finished_ids", "merge_counts", "pool_start_error", "prepare_augment", "run_augment_stage", "stage_classes",
+           "write_part"]

@@ -1,0 +1,210 @@
+"""The train stage: Ray Train ``TorchTrainer`` over the augmented groups, FSDP2 inside each worker.
+
+    staged:   DIR/augmented (Parquet parts) ───────────────────────────────► TorchTrainer ─► DIR/model
+    streamed: sources ─► augmentation pools ─► (parts written on the way) ─► TorchTrainer   (epoch 0)
+              DIR/augmented parts, listed when the epoch starts ──────────► TorchTrainer   (epochs 1+)
+
+Checkpoints live under ``DIR/train`` (Ray Train storage, run name ``run``); a re-run with the same
+output directory restores the latest one (Ray Train V2 reloads its checkpoint manager from storage), and
+``FailureConfig`` restarts failed workers from it within a run. The final model is exported from the
+last checkpoint with ``save_pretrained`` to ``DIR/model`` (head beside it), loadable by
+``AutoModelForCausalLM.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from raydebias.config import Config, ConfigError, config_to_dict
+from raydebias.train.loop import STATE_META, STATE_WEIGHTS, STREAM, TRAIN, train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+RUN_NAME = "run"
+# Train settings a resumed run must share with the checkpoint it resumes (the others, e.g. workers or
+# epochs, may change between attempts).
+RESUME_KEYS = ("model", "proj_dim", "lr", "alpha", "tau", "toxic_weight", "toxic_weight_scope", "label_smoothing",
+               "groups_per_batch", "max_positives", "max_negatives", "max_length")
+
+
+def parts_dataset(path: Path) -> Any:
+    """The Parquet parts of ``path`` as a Ray dataset, LISTED WHEN IT EXECUTES, not when it is created.
+
+    In streamed training the parts are still being written while the trainer starts; epochs 1+ must see
+    all of them. Ray calls ``get_read_tasks`` when the dataset is created (for stats) and again each time
+    it executes; each call lists the directory afresh.
+    """
+    import ray.data
+    from ray.data.block import BlockMetadata
+    from ray.data.datasource import Datasource, ReadTask
+
+    from raydebias.augment.clean import AUGMENTED_SCHEMA
+
+    class AugmentedParts(Datasource):
+        def __init__(self, root: str):
+            self.root = root
+
+        def estimate_inmemory_data_size(self) -> int | None:
+            return None
+
+        def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                           data_context: Any = None) -> list[ReadTask]:
+            files = sorted(str(f) for f in Path(self.root).glob("*.parquet"))
+            return [ReadTask(lambda f=f: [pq.read_table(f, schema=AUGMENTED_SCHEMA)],
+                             BlockMetadata(num_rows=pq.ParquetFile(f).metadata.num_rows, size_bytes=None,
+                                           input_files=[f], exec_stats=None),
+                             schema=AUGMENTED_SCHEMA, per_task_row_limit=per_task_row_limit)
+                    for f in files]
+
+    return ray.data.read_datasource(AugmentedParts(str(path)))
+
+
+def data_config() -> Any:
+    """Ray Train's DataConfig, but splitting shards with ``equal=False``: ``equal=True`` evens shards out
+    by dropping rows, and nothing is dropped silently here. The loop copes with uneven shards."""
+    from ray.train import DataConfig
+
+    class GroupDataConfig(DataConfig):
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            hints = worker_node_ids if self._enable_shard_locality else None
+            output: list[dict] = [{} for _ in range(world_size)]
+            for name, ds in datasets.items():
+                ds = ds.copy(ds)
+                ds.context.execution_options = self._resolve_execution_options(name)
+                for i, split in enumerate(ds.streaming_split(world_size, equal=False, locality_hints=hints)):
+                    output[i][name] = split
+            return output
+
+    return GroupDataConfig()
+
+
+def latest_checkpoint(train_dir: Path) -> Path | None:
+    metas = sorted((train_dir / RUN_NAME).glob(f"step-*/{STATE_META}"))
+    return metas[-1].parent if metas else None
+
+
+def check_resumable(cfg: Config, ckpt: Path | None) -> None:
+    """Refuse to resume a checkpoint trained with different settings (a new output dir is needed)."""
+    if ckpt is None:
+        return
+    old = json.loads((ckpt / STATE_META).read_text()).get("train_config", {})
+    new = config_to_dict(cfg)["train"]
+    diff = [f"train.{k}: checkpoint {old.get(k)!r} vs now {new[k]!r}" for k in RESUME_KEYS if old.get(k) != new[k]]
+    if diff:
+        raise ConfigError(f"{ckpt.parent.parent} holds a run with other settings ({'; '.join(diff)}): "
+                          "use a new --output directory, or delete that train/ directory to start over")
+
+
+def export_model(ckpt: Path, cfg: Config, dest: Path) -> Path:
+    """The checkpoint's LM as a ``save_pretrained`` directory (+ tokenizer, + projection head)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from raydebias.models import load_model
+    from raydebias.outputs import replace_dir
+    from raydebias.train.model import hidden_size_of, save_head
+
+    lm, tok = load_model(cfg.train.model, "causal_lm", device="cpu", dtype=torch.float32)
+    state = load_file(str(ckpt / STATE_WEIGHTS))
+    lm_sd = {k.removeprefix("lm."): v for k, v in state.items() if k.startswith("lm.")}
+    head_sd = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
+    missing, unexpected = lm.load_state_dict(lm_sd, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"checkpoint {ckpt} does not match {cfg.train.model}: missing {sorted(missing)}, "
+                           f"unexpected {sorted(unexpected)}")
+    meta = json.loads((ckpt / STATE_META).read_text())
+    if meta.get("precision") in ("bf16", "fp16"):
+        lm.to(torch.bfloat16 if meta["precision"] == "bf16" else torch.float16)
+    tmp = dest.with_name(f".{dest.name}.tmp-{int(time.time() * 1e6)}")
+    lm.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    save_head(head_sd, tmp, hidden_size_of(lm), cfg.train.proj_dim)
+    replace_dir(tmp, dest)
+    return dest
+
+
+def _resources_note(cfg: Config, streamed: bool) -> None:
+    """Warn when train workers + augmentation pools ask for more CPUs than the cluster has (HANG 2)."""
+    import ray
+
+    from raydebias.augment.pipeline import stage_resources
+
+    t = cfg.train
+    need = t.num_workers * t.cpus_per_worker
+    if streamed:
+        need += sum(stage_resources(cfg.augment, s).num_cpus * stage_resources(cfg.augment, s).actors
+                    for s in ("ner", *cfg.augment.ops, "ner_candidates", "toxicity"))
+    have = ray.cluster_resources().get("CPU", 0)
+    if need > have:
+        log.warning("train: workers%s ask for %.1f CPUs but the cluster has %.1f now: unless it autoscales, "
+                    "lower train.cpus_per_worker or the pools' num_cpus (ENV.md HANG 2)",
+                    " + augmentation pools" if streamed else "", need, have)
+
+
+def run_train_stage(cfg: Config, out: Any, stream: Any = None, rows: int | None = None) -> dict[str, Any]:
+    """Train on ``DIR/augmented`` (staged) or on ``stream``, the live augmentation dataset (streamed)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from raydebias.runtime import use_gpus
+
+    t = cfg.train
+    streamed = stream is not None
+    if not streamed:
+        from raydebias.augment.pipeline import finished_ids, run_augment_stage
+
+        src_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in out.sources_dir("train").glob("*.parquet")) \
+            if out.sources_dir("train").exists() else None
+        if src_rows is None or len(finished_ids(out.augmented_dir)) < src_rows:
+            log.info("train: %s is missing or incomplete: running the augment stage first", out.augmented_dir)
+            run_augment_stage(cfg, out)
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in out.augmented_dir.glob("*.parquet"))
+    if not rows:
+        raise RuntimeError("train: no augmented rows to train on")
+    check_resumable(cfg, latest_checkpoint(out.train_dir))
+    _resources_note(cfg, streamed)
+    gpu = use_gpus(cfg.device)
+    datasets = {TRAIN: parts_dataset(out.augmented_dir)}
+    if streamed:
+        datasets[STREAM] = stream
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg, "rows": rows, "streamed": streamed,
+                           "train_config": config_to_dict(cfg)["train"]},
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=gpu,
+                                     resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if gpu else {})}),
+        run_config=RunConfig(name=RUN_NAME, storage_path=str(out.train_dir),
+                             failure_config=FailureConfig(max_failures=t.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints)),
+        datasets=datasets,
+        dataset_config=data_config(),
+    )
+    t0 = time.perf_counter()
+    log.info("train: %d groups, %d worker(s) x %g CPU%s, FSDP2, %s", rows, t.num_workers, t.cpus_per_worker,
+             " + 1 GPU" if gpu else "", "streamed from augmentation" if streamed else f"from {out.augmented_dir}")
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    ckpt = latest_checkpoint(out.train_dir)
+    if ckpt is None:
+        raise RuntimeError(f"train: the run finished without a checkpoint in {out.train_dir}")
+    meta = json.loads((ckpt / STATE_META).read_text())
+    history = meta.pop("history")
+    (out.train_dir / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    export_model(ckpt, cfg, out.model_dir)
+    epochs = [h for h in history if h.get("epoch_done")]
+    stats = {"groups": rows, "steps": meta["step"], "epochs": len(epochs), "precision": meta["precision"],
+             "checkpoint": str(ckpt), "model": str(out.model_dir), "seconds": round(time.perf_counter() - t0, 2),
+             "streamed": streamed, "epoch_metrics": epochs}
+    out.update_stats("train", stats)
+    return stats
+
+
+__all__ = ["RUN_NAME", "check_resumable", "data_config", "export_model", "latest_checkpoint", "parts_dataset",
+           "run_train_stage"]
