@@ -176,15 +176,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         scaler = ShardedGradScaler()
 
-    step, epoch, consumed, history = 0, 0, set(), []
+    step, epoch, consumed, history, epoch_steps = 0, 0, set(), [], None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = load_state(model, optimizer, Path(d))
         scheduler.load_state_dict(state["scheduler"])
+        if state.get("epoch_steps"):  # epochs may change between attempts: re-aim the decay
+            schedule.total = state["epoch_steps"] * t.epochs
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         step, epoch, consumed, history = state["step"], state["epoch"], set(state["consumed"]), state["history"]
+        epoch_steps = state.get("epoch_steps")
         if state["epoch_done"]:
             epoch, consumed = epoch + 1, set()
         if rank == 0:
@@ -203,7 +206,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 save_state(Path(tmp), model_sd, optim_sd, scheduler, scaler,
                            {"step": step, "epoch": epoch, "epoch_done": epoch_done, "consumed": done,
-                            "precision": precision, "train_config": loop_config["train_config"],
+                            "precision": precision, "epoch_steps": epoch_steps, "train_config": loop_config["train_config"],
                             "history": history})
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
                                  checkpoint_dir_name=f"step-{step:07d}")
@@ -271,7 +274,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                          "tokens_per_s": sums[5].item() / (time.perf_counter() - t_epoch)}
         history.append(epoch_metrics)
         if epoch == 0:  # the first epoch's real length (all ranks agree on it) sets the schedule
-            schedule.total = max(schedule.total, step * t.epochs)
+            epoch_steps = step
+            schedule.total = epoch_steps * t.epochs
         checkpoint(epoch_metrics, epoch_done=True)
         epoch, consumed, mine = epoch + 1, set(), []
 

@@ -1,0 +1,105 @@
+"""The train stage end to end: --stage all streams augmentation into 2 FSDP2 workers on CPU (gloo),
+writes checkpoints and a loadable model; a second run resumes the checkpoint and keeps learning."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from support import REPO, SMOKE
+
+ROWS = 8
+COMMON = [f"data.limit={ROWS}", "train.lr=0.005", "train.warmup_steps=1", "train.groups_per_batch=2"]
+
+
+def _job(args, timeout=900):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, str(REPO / "jobs/pipeline.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)
+
+
+def _history(out):
+    return [json.loads(line) for line in (out / "train/history.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "run"
+    r = _job(["--config", str(SMOKE), "--stage", "all", "--output", str(out), *COMMON, "train.epochs=2"])
+    assert r.returncode == 0, r.stderr[-4000:]
+    return out, r
+
+
+def test_stage_all_streams_augmentation_into_fsdp2_training(run):
+    out, r = run
+    assert "streamed from augmentation" in r.stderr
+    assert '"skipped": "not implemented yet' in r.stdout  # evaluate (issue #5) is said to be skipped, not faked
+    stats = json.loads((out / "stats.json").read_text())
+    aug, train = stats["augment"], stats["train"]
+    assert aug["rows_in"] == aug["rows_out"] == ROWS  # the stream wrote every row, exactly once
+    ids = pq.read_table(out / "augmented", columns=["id"]).column("id").to_pylist()
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == ROWS
+    assert train["streamed"] is True and train["epochs"] == 2 and train["groups"] == ROWS
+    hist = _history(out)
+    steps = [h for h in hist if not h.get("epoch_done")]
+    assert [h["step"] for h in steps] == list(range(1, train["steps"] + 1))
+    for h in steps:
+        assert h["l_ce"] > 0 and h["l_cl"] > 0 and h["tokens_per_s"] > 0
+        assert h["loss"] == pytest.approx(h["l_ce"] + 4.0 * h["l_cl"], rel=1e-4)  # alpha = 4; w_tox folded in l_cl
+    epochs = [h for h in hist if h.get("epoch_done")]
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    # one checkpoint per epoch, the latest holding everything a resume needs
+    ckpts = sorted((out / "train/run").glob("step-*"))
+    assert len(ckpts) == 2
+    meta = json.loads((ckpts[-1] / "meta.json").read_text())
+    assert meta["epoch"] == 1 and meta["epoch_done"] and meta["step"] == train["steps"]
+    assert len(meta["consumed"]) == ROWS  # every group of the epoch, from both ranks
+    assert (ckpts[-1] / "model.safetensors").exists() and (ckpts[-1] / "trainer_state.pt").exists()
+
+
+def test_final_model_loads_with_auto_model_and_differs_from_the_base(run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from raydebias.models import resolve_model
+    from raydebias.train.model import load_head
+
+    out, _ = run
+    trained = AutoModelForCausalLM.from_pretrained(out / "model")
+    base = AutoModelForCausalLM.from_pretrained(resolve_model("tiny:gpt2"))
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    changed = [k for k, v in trained.state_dict().items() if not torch.equal(v, base.state_dict()[k])]
+    assert changed, "training did not change any weight"
+    ids = tok("TL;DR:", return_tensors="pt").input_ids
+    assert trained.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+    head = load_head(out / "model")
+    assert head.fc2.out_features == 128
+
+
+def test_resume_continues_the_step_count_and_keeps_learning(run):
+    out, _ = run
+    before = _history(out)
+    last_step = max(h["step"] for h in before)
+    r = _job(["--config", str(SMOKE), "--stage", "train", "--output", str(out), *COMMON, "train.epochs=6"])
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert f"resumed from checkpoint at step {last_step}" in r.stderr
+    hist = _history(out)
+    assert hist[: len(before)] == before  # the history up to the checkpoint is kept, not redone
+    new = [h for h in hist[len(before):] if not h.get("epoch_done")]
+    assert new[0]["step"] == last_step + 1 and new[0]["epoch"] == 2
+    epochs = [h for h in hist if h.get("epoch_done")]
+    assert [e["epoch"] for e in epochs] == list(range(6))
+    # same 8 groups every epoch: the total loss falls and positives win more often against negatives
+    assert epochs[-1]["loss"] < epochs[0]["loss"]
+    assert epochs[-1]["contrastive_accuracy"] > epochs[0]["contrastive_accuracy"]
+
+
+def test_resume_with_other_settings_is_refused(run):
+    out, _ = run
+    r = _job(["--config", str(SMOKE), "--stage", "train", "--output", str(out), *COMMON, "train.alpha=8"],
+             timeout=300)
+    assert r.returncode == 2
+    assert "train.alpha" in r.stderr and "new --output" in r.stderr and "Traceback" not in r.stderr
