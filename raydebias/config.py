@@ -279,7 +279,9 @@ class TrainConfig:
     cpus_per_worker: float = _f(1.0, "CPUs per train worker (budget below the cluster total: ENV.md HANG 2).")
     checkpoint_every_steps: int = _f(0, "Also checkpoint every N steps (0: per epoch only).")
     keep_checkpoints: int = _f(2, "Checkpoints kept on storage (the latest ones).")
-    report_every_steps: int = _f(1, "Report/log training metrics every N steps.")
+    report_every_steps: int = _f(
+        10, "Report metrics to Ray Train (and log them) every N steps; history.jsonl keeps every step. A "
+        "report costs a round trip to the controller (measured: every step cut tokens/s by ~40% on tiny models).")
     max_failures: int = _f(2, "Ray Train FailureConfig: restarts from the last checkpoint after a worker fails.")
 
     def __post_init__(self) -> None:

@@ -103,3 +103,58 @@ def test_resume_with_other_settings_is_refused(run):
              timeout=300)
     assert r.returncode == 2
     assert "train.alpha" in r.stderr and "new --output" in r.stderr and "Traceback" not in r.stderr
+
+
+def _descendants_named(pid, marker):
+    import psutil
+
+    found = []
+    for p in psutil.Process(pid).children(recursive=True):
+        try:
+            if marker in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+def test_a_killed_worker_is_restarted_from_the_last_checkpoint(run, tmp_path):
+    """SIGKILL one Ray Train worker mid-run: FailureConfig restarts the group from the latest checkpoint;
+    no step is repeated or lost and every epoch trains on every group exactly once."""
+    import shutil
+    import signal
+    import time
+
+    src, _ = run
+    out = tmp_path / "killed"
+    out.mkdir()
+    shutil.copytree(src / "data", out / "data")
+    shutil.copytree(src / "augmented", out / "augmented")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    args = [sys.executable, str(REPO / "jobs/pipeline.py"), "--config", str(SMOKE), "--stage", "train",
+            "--output", str(out), *COMMON, "train.epochs=3", "train.checkpoint_every_steps=1"]
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=REPO)
+        try:
+            deadline = time.time() + 600
+            while not (out / "train/run/step-0000002").exists():
+                assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()[-4000:]
+                assert time.time() < deadline, "no checkpoint within 10 minutes"
+                time.sleep(0.5)
+            workers = _descendants_named(proc.pid, "RayTrainWorker")
+            assert workers, "no Ray Train worker process found"
+            workers[-1].send_signal(signal.SIGKILL)
+            proc.wait(timeout=900)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert proc.returncode == 0, stderr[-4000:]
+    assert "resumed from checkpoint at step" in stderr
+    hist = _history(out)
+    steps = [h["step"] for h in hist if not h.get("epoch_done")]
+    assert steps == list(range(1, len(steps) + 1))  # contiguous: nothing repeated, nothing skipped
+    epochs = [h for h in hist if h.get("epoch_done")]
+    assert [e["epoch"] for e in epochs] == [0, 1, 2]
+    assert all(e["groups_done"] == ROWS for e in epochs)

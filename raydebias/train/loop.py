@@ -201,7 +201,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         gathered: list[list[str]] = [None] * world  # type: ignore[list-item]
         dist.all_gather_object(gathered, mine)
         done = sorted(consumed.union(*gathered))
-        metrics = {**metrics, "groups_done": len(done)}  # groups of this epoch trained so far, all ranks
+        metrics["groups_done"] = len(done)  # groups of this epoch trained so far, all ranks (also in history)
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 save_state(Path(tmp), model_sd, optim_sd, scheduler, scaler,
