@@ -62,6 +62,8 @@ STAMP_FILE = ".tiny-stamp.json"
 # The detoxify checkpoint inside the toxic-bert directory (see `_build_toxic_bert`).
 DETOXIFY_CHECKPOINT = "toxic_original_tiny.ckpt"
 TOXIC_LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
+# The label names of tals/albert-xlarge-vitaminc-mnli (the default faithfulness NLI model).
+NLI_LABELS = ("SUPPORTS", "REFUTES", "NOT ENOUGH INFO")
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 # Shipped samples are small; the cap only keeps a large future sample set from making tokenizer
@@ -871,6 +873,27 @@ def _build_toxic_bert(name: str, dest: Path, final: Path, inputs: _Inputs) -> No
     torch.save(checkpoint, dest / DETOXIFY_CHECKPOINT)
 
 
+def _build_albert_nli(name: str, dest: Path, final: Path, inputs: _Inputs) -> None:
+    """An ALBERT 3-way NLI classifier (the class of tals/albert-xlarge-vitaminc-mnli), its tokenizer the
+    sentencepiece unigram model of the Marian models as an AlbertTokenizer vocabulary."""
+    from transformers import AlbertConfig, AlbertForSequenceClassification, AlbertTokenizer
+
+    spm_bytes = inputs.memo("spm-unigram", lambda: _train_sentencepiece(inputs.corpus))
+    specials = ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = [(p, 0.0) for p in specials] + [(p, s) for p, s in _spm_pieces(spm_bytes)
+                                            if p not in ("<unk>", "<s>", "</s>", "<pad>")]
+    tokenizer = AlbertTokenizer(vocab=vocab, do_lower_case=False, model_max_length=512)
+    config = AlbertConfig(
+        vocab_size=len(vocab), embedding_size=HIDDEN // 2, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS, intermediate_size=FFN, max_position_embeddings=512,
+        num_labels=len(NLI_LABELS), id2label=dict(enumerate(NLI_LABELS)),
+        label2id={label: i for i, label in enumerate(NLI_LABELS)}, pad_token_id=tokenizer.pad_token_id,
+    )
+    model = _init_model(name, AlbertForSequenceClassification, config)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+
+
 def _build_spacy_ner(name: str, dest: Path, final: Path, inputs: _Inputs) -> None:
     """spacy.blank("en") + entity_ruler, standing in for en_core_web_trf's NER (ENV.md "spaCy")."""
     import spacy
@@ -900,6 +923,7 @@ _BUILDERS: dict[str, Callable[[str, Path, Path, _Inputs], None]] = {
     "roberta-mlm": _build_roberta,
     "flan-t5": _build_t5,
     "toxic-bert": _build_toxic_bert,
+    "albert-nli": _build_albert_nli,
     "spacy-ner": _build_spacy_ner,
 }
 REGISTRY = _BUILDERS
@@ -912,6 +936,7 @@ _LIBS = {
     _build_roberta: ("torch", "transformers", "tokenizers"),
     _build_t5: ("torch", "transformers", "tokenizers", "sentencepiece"),
     _build_toxic_bert: ("torch", "transformers", "tokenizers"),
+    _build_albert_nli: ("torch", "transformers", "tokenizers", "sentencepiece"),
     _build_spacy_ner: ("spacy",),
 }
 

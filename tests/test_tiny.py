@@ -63,7 +63,7 @@ def _assert_same_model_dirs(a: Path, b: Path) -> None:
 def test_names_and_registry():
     assert tiny.NAMES == (
         "marian-en-de", "marian-de-en", "marian-en-fr", "marian-fr-en", "marian-en-es", "marian-es-en",
-        "gpt-neo", "gpt2", "roberta-mlm", "flan-t5", "toxic-bert", "spacy-ner",
+        "gpt-neo", "gpt2", "roberta-mlm", "flan-t5", "toxic-bert", "albert-nli", "spacy-ner",
     )  # fmt: skip
     assert set(tiny.REGISTRY) == set(tiny.NAMES)
     assert all(callable(builder) for builder in tiny.REGISTRY.values())

@@ -1,0 +1,1 @@
+"""Evaluation (SPEC §7): summaries, the alignment-tax benchmark, generation patterns, the report."""
