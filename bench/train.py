@@ -90,7 +90,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--repeat", type=int, default=2, help="pairs of streamed/staged runs (order alternates)")
+    ap.add_argument("--repeat", type=int, default=2, help="pairs of streamed/staged runs (order alternates); 0: tokens/s only")
     ap.add_argument("--config", default=str(REPO / "jobs/configs/smoke.yaml"))
     args = ap.parse_args()
     if args.epochs < 2:
@@ -128,7 +128,10 @@ def main() -> None:
                 staged_dir = d
             times[mode].append(time.perf_counter() - t0)
             emit(what=f"{mode}_s", run=i, seconds=round(times[mode][-1], 2))
-        streamed, staged = (sum(times[m]) / len(times[m]) for m in ("streamed", "staged"))
+        streamed, staged = (sum(times[m]) / len(times[m]) if times[m] else float("nan") for m in ("streamed", "staged"))
+        if staged_dir is None:  # --repeat 0: throughput only, on augmented rows made here (untimed)
+            staged_dir = RunDir(root / "augmented-only")
+            run_augment_stage(cfg, staged_dir)
 
         # Throughput: 1 worker, 1 CPU, on the staged run's augmented rows.
         one = load_config(args.config, [*overrides, "train.num_workers=1", "train.cpus_per_worker=1",
@@ -143,7 +146,7 @@ def main() -> None:
              ray_train_tokens_per_s=round(ray_tps, 1), plain_loop_tokens_per_s=round(plain_tps, 1),
              ratio_ray_over_plain=round(ray_tps / plain_tps, 3),
              streamed_s=[round(x, 2) for x in times["streamed"]], staged_s=[round(x, 2) for x in times["staged"]],
-             ratio_streamed_over_staged=round(streamed / staged, 3))
+             ratio_streamed_over_staged=round(streamed / staged, 3) if times["staged"] else None)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

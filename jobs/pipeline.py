@@ -38,6 +38,7 @@ from raydebias.augment.pipeline import (  # noqa: E402
 )
 from raydebias.config import ConfigError, describe, load_config  # noqa: E402
 from raydebias.data import DataError, run_data_stage  # noqa: E402
+from raydebias.evaluate.pipeline import run_evaluate_stage  # noqa: E402
 from raydebias.outputs import RunDir  # noqa: E402
 from raydebias.runtime import init_ray, use_gpus  # noqa: E402
 from raydebias.train.trainer import parts_dataset, run_train_stage  # noqa: E402
@@ -64,8 +65,10 @@ def run_augment_and_train(cfg, out) -> dict:
 STAGES = ("data", "augment", "train", "evaluate")
 # The stages that exist. The others are built by their own issues and must not be faked meanwhile.
 IMPLEMENTED = {"data": run_data_stage, "augment": run_augment_stage, "train": run_train_stage,
-               "augment+train": run_augment_and_train}
-NOT_YET = {"evaluate": "issue #5 (evaluation and report)"}
+               "augment+train": run_augment_and_train, "evaluate": run_evaluate_stage}
+NOT_YET: dict[str, str] = {}
+# Shorthands: `model=PATH_OR_ID base=PATH_OR_ID` for the evaluate stage.
+SHORTHANDS = {"model": "evaluate.model", "base": "evaluate.base"}
 
 
 class StageNotImplemented(RuntimeError):
@@ -113,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{key} ({tp}, default {default!r})\n    {help_}")
         return 0
     try:
-        cfg = load_config(args.config, args.overrides)
+        overrides = [SHORTHANDS[o.split("=", 1)[0]] + "=" + o.split("=", 1)[1]
+                     if o.split("=", 1)[0] in SHORTHANDS else o for o in args.overrides]
+        cfg = load_config(args.config, overrides)
         stages = stages_for(args.stage)
         if not args.output:
             raise ConfigError("--output DIR is required")

@@ -317,22 +317,52 @@ class SweepConfig:
 
 @dataclass
 class EvalConfig:
-    model: str | None = _f(None, "Model to evaluate (path or id); default: the trained model of this run.")
-    base: str | None = _f(None, "Base model for deltas; default: train.model.")
+    model: str | None = _f(None, "Model to evaluate (path or id); default: the trained model of this run (DIR/model).")
+    base: str | None = _f(None, "Base model for deltas; default: train.model. 'none' evaluates without a base.")
+    tasks: list[str] = _f(["tldr", "truthfulqa", "rtp", "mmlu_pro"],
+                          "Benchmarks to run: tldr (Table 4), truthfulqa (gen + MC1), rtp, mmlu_pro (Table 1).")
+    backend: Literal["hf", "vllm"] = _f("hf", "Generation backend (vllm: the gpu extra, CUDA only).")
     max_new_tokens: int = _f(128, "TL;DR generation length, greedy (Section 5).")
     nli_model: str = _f(
         "tals/albert-xlarge-vitaminc-mnli",
         "NLI classifier for SummaC-style faithfulness (MiniCheck/AlignScore-class models recommended).",
     )
+    nli_entailment_label: str | None = _f(None, "The NLI model's entailment label (null: found by name).")
+    ner_model: str = _f("en_core_web_trf", "spaCy pipeline for the entity-precision faithfulness scorer.")
     faithfulness_source: Literal["post", "reference"] = _f(
         "post", "Score faithfulness against the post (paper) or the reference summary (authors' code)."
     )
     faithfulness_band: list[float] = _f([0.3, 0.7], "Scores inside this band take max(score, whole-pair).")
+    truthfulqa_source: str = _f("truthfulqa/truthful_qa:generation",
+                                "TruthfulQA generation rows: HF id[:config], or a CSV/JSONL/Parquet path.")
+    truthfulqa_mc_source: str = _f("truthfulqa/truthful_qa:multiple_choice",
+                                   "TruthfulQA MC1 rows (mc1_targets): HF id[:config] or a path.")
+    truthfulqa_max_new_tokens: int = _f(64, "TruthfulQA answer length (greedy; cut at the first blank line).")
+    rtp_source: str = _f("allenai/real-toxicity-prompts", "RealToxicityPrompts rows (prompt.text): HF id or path.")
     rtp_top_p: float = _f(0.9, "RealToxicityPrompts nucleus top-p (Section 3).")
     rtp_temperature: float = _f(0.7, "RealToxicityPrompts temperature (Section 3).")
     rtp_max_new_tokens: int = _f(100, "RealToxicityPrompts continuation length (Section 3).")
+    mmlu_pro_source: str = _f("TIGER-Lab/MMLU-Pro",
+                              "MMLU-Pro: HF id (splits test + validation) or a dir with test.* and validation.*.")
     mmlu_pro_shots: int = _f(5, "MMLU-Pro chain-of-thought shots from the same subject (Section 3).")
+    mmlu_pro_max_new_tokens: int = _f(2048, "MMLU-Pro chain-of-thought length (the benchmark's own script).")
     limit: int | None = _f(None, "Max items per benchmark (null: all).")
+    generate: OpResources = _f(OpResources(num_gpus=1.0, num_cpus=1.0, actors=1, batch_size=16),
+                               "Generation actor pool (one per evaluated model).")
+    score: OpResources = _f(OpResources(num_gpus=0.25, num_cpus=1.0, actors=1, batch_size=32),
+                            "Scoring actor pool (toxicity, NLI faithfulness, entities).")
+
+    def __post_init__(self) -> None:
+        known = ("tldr", "truthfulqa", "rtp", "mmlu_pro")
+        bad = [t for t in self.tasks if t not in known]
+        _check(not bad and bool(self.tasks), "evaluate.tasks", f"must be a non-empty subset of {list(known)}",
+               self.tasks)
+        _check(len(self.faithfulness_band) == 2 and 0 <= self.faithfulness_band[0] <= self.faithfulness_band[1] <= 1,
+               "evaluate.faithfulness_band", "must be [low, high] within [0, 1]", self.faithfulness_band)
+        _check(self.limit is None or self.limit > 0, "evaluate.limit", "must be > 0 or null", self.limit)
+        _check(0 < self.rtp_top_p <= 1, "evaluate.rtp_top_p", "must be in (0, 1]", self.rtp_top_p)
+        _check(self.rtp_temperature > 0, "evaluate.rtp_temperature", "must be > 0", self.rtp_temperature)
+        _check(self.mmlu_pro_shots >= 0, "evaluate.mmlu_pro_shots", "must be >= 0", self.mmlu_pro_shots)
 
 
 @dataclass

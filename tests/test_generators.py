@@ -1,4 +1,4 @@
-"""raydebias.augment.generators on the kit's tiny causal LMs, loaded through the production path.
+"""raydebias.generation on the kit's tiny causal LMs, loaded through the production path.
 
 Every expected value is computed independently here: a forward pass for log-probs, a separate
 ``model.generate`` call for beam scores, raw token ids for the prompt removal.
@@ -9,7 +9,7 @@ import importlib.util
 import pytest
 import torch
 
-from raydebias.augment.generators import (
+from raydebias.generation import (
     Generation,
     Generator,
     GenParams,

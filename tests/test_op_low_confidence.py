@@ -7,7 +7,6 @@ import pyarrow as pa
 import pytest
 import torch
 
-from raydebias.augment.generators import Generation
 from raydebias.augment.low_confidence import (
     LowConfidence,
     build_prompt,
@@ -16,6 +15,7 @@ from raydebias.augment.low_confidence import (
 )
 from raydebias.config import load_config
 from raydebias.data import record_to_row
+from raydebias.generation import Generation
 from raydebias.models import load_model
 from raydebias.prompts import PROMPT_END, format_prompt
 

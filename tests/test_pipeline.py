@@ -86,11 +86,10 @@ def test_data_stage_end_to_end_on_sample_plus_dirty_rows(tmp_path):
     _check_outputs(out, 105, 20, {"duplicate_id": 1, "empty_field": 1, "invalid_json": 1, "invalid_unicode": 1})
 
 
-def test_unimplemented_stages_fail_clearly_without_running(tmp_path):
-    r = _run_job(["--config", str(SMOKE), "--stage", "evaluate", "--output", str(tmp_path)], timeout=60)
+def test_evaluate_without_a_trained_model_fails_clearly(tmp_path):
+    r = _run_job(["--config", str(SMOKE), "--stage", "evaluate", "--output", str(tmp_path)], timeout=120)
     assert r.returncode == 2
-    assert "not implemented yet" in r.stderr and "issue #5" in r.stderr
-    assert not (tmp_path / "stats.json").exists()
+    assert "no trained model" in r.stderr and "model=PATH_OR_ID" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_bad_config_and_bad_source_exit_codes(tmp_path):

@@ -1,5 +1,6 @@
-"""The train stage end to end: --stage all streams augmentation into 2 FSDP2 workers on CPU (gloo),
-writes checkpoints and a loadable model; a second run resumes the checkpoint and keeps learning."""
+"""The whole job end to end: --stage all streams augmentation into 2 FSDP2 workers on CPU (gloo),
+writes checkpoints and a loadable model, and ends with the evaluation report of the trained model
+against its base; a second run resumes the checkpoint and keeps learning."""
 
 import json
 import os
@@ -37,7 +38,6 @@ def run(tmp_path_factory):
 def test_stage_all_streams_augmentation_into_fsdp2_training(run):
     out, r = run
     assert "streamed from augmentation" in r.stderr
-    assert '"skipped": "not implemented yet' in r.stdout  # evaluate (issue #5) is said to be skipped, not faked
     stats = json.loads((out / "stats.json").read_text())
     aug, train = stats["augment"], stats["train"]
     assert aug["rows_in"] == aug["rows_out"] == ROWS  # the stream wrote every row, exactly once
@@ -59,6 +59,20 @@ def test_stage_all_streams_augmentation_into_fsdp2_training(run):
     assert meta["epoch"] == 1 and meta["epoch_done"] and meta["step"] == train["steps"]
     assert len(meta["consumed"]) == ROWS  # every group of the epoch, from both ranks
     assert (ckpts[-1] / "model.safetensors").exists() and (ckpts[-1] / "trainer_state.pt").exists()
+
+
+def test_stage_all_ends_with_the_report_comparing_trained_and_base(run):
+    out, _ = run
+    m = json.loads((out / "eval/metrics.json").read_text())
+    assert set(m["models"]) == {"model", "base"}
+    assert m["models"]["model"]["id"] == str(out / "model") and m["models"]["base"]["id"] == "tiny:gpt2"
+    for name in ("model", "base"):
+        got = m["models"][name]["metrics"]
+        assert set(got) >= {"tldr", "truthfulqa_gen", "truthfulqa_mc1", "rtp", "mmlu_pro", "patterns"}
+    report = (out / "eval/report.md").read_text()
+    assert "Δ model − base" in report and "TL;DR Faithfulness" in report and "MMLU-Pro acc" in report
+    assert (out / "eval/toxicity_vs_faithfulness.png").stat().st_size > 1000
+    assert (out / "eval/mmlu_pro_subjects.png").stat().st_size > 1000
 
 
 def test_final_model_loads_with_auto_model_and_differs_from_the_base(run):

@@ -23,8 +23,8 @@ from typing import Any
 import pyarrow as pa
 
 from raydebias.augment.candidates import RowResult, apply_rows, candidate, drop
-from raydebias.augment.generators import GenParams, derive_seed, make_generator
 from raydebias.config import AugmentConfig
+from raydebias.generation import GenParams, derive_seed, make_generator
 from raydebias.prompts import format_prompt
 
 

@@ -36,8 +36,8 @@ from typing import Any
 import pyarrow as pa
 
 from raydebias.augment.candidates import RowResult, apply_rows, candidate, drop, norm
-from raydebias.augment.generators import derive_seed
 from raydebias.config import AugmentConfig
+from raydebias.generation import derive_seed
 from raydebias.models import load_model, max_input_tokens
 
 __all__ = ["MaskFill", "MAX_ATTEMPTS"]

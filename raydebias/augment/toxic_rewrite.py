@@ -17,8 +17,8 @@ import re
 import pyarrow as pa
 
 from raydebias.augment.candidates import RowResult, apply_rows, candidate, drop
-from raydebias.augment.generators import GenParams, derive_seed, make_generator
 from raydebias.config import AugmentConfig
+from raydebias.generation import GenParams, derive_seed, make_generator
 from raydebias.scoring.toxicity import load_toxicity_scorer
 
 ORIGINAL_LABEL, REWRITE_LABEL = "Original text:", "Toxic rewrite:"

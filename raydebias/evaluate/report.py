@@ -1,0 +1,140 @@
+"""metrics.json -> report.md with Table-1/4/5-style tables (value and delta vs. base) and PNG plots."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+TLDR_ROWS = (("toxicity", "Toxicity ↓"), ("faithfulness", "Faithfulness (NLI) ↑"),
+             ("entity_precision", "Entity precision ↑"), ("rougeL", "ROUGE-L ↑"))
+TQA_KEYS = ("bleu_max", "bleu_diff", "bleu_acc", "rouge1_max", "rouge1_diff", "rouge1_acc", "rouge2_max",
+            "rouge2_diff", "rouge2_acc", "rougeL_max", "rougeL_diff", "rougeL_acc")
+
+
+def _fmt(v: float | None, std: float | None = None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:.3f} ± {std:.3f}" if std is not None and not math.isnan(std) else f"{v:.3f}"
+
+
+def _delta(v: float | None, b: float | None) -> str:
+    if v is None or b is None or math.isnan(v) or math.isnan(b):
+        return ""
+    return f"{v - b:+.3f}"
+
+
+def _get(m: dict, *path: str) -> Any:
+    for p in path:
+        if not isinstance(m, dict) or p not in m:
+            return None
+        m = m[p]
+    return m
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def scalar_rows(models: dict[str, Any]) -> list[tuple[str, tuple[str, ...], bool]]:
+    """(label, path into a model's metrics, has_std) for every scalar metric of the report."""
+    rows = [(f"TL;DR {label}", ("tldr", key), True) for key, label in TLDR_ROWS]
+    rows += [(f"TruthfulQA {k}", ("truthfulqa_gen", k), False) for k in TQA_KEYS]
+    rows += [("TruthfulQA MC1 acc ↑", ("truthfulqa_mc1", "acc"), False),
+             ("RTP toxicity ↓", ("rtp", "toxicity"), True), ("RTP share toxic ≥ 0.5 ↓", ("rtp", "toxic_share"), False),
+             ("MMLU-Pro acc ↑", ("mmlu_pro", "overall"), False)]
+    return [r for r in rows if any(_get(m["metrics"], *r[1]) is not None for m in models.values())]
+
+
+def _value(m: dict, path: tuple[str, ...], has_std: bool) -> tuple[float | None, float | None]:
+    v = _get(m["metrics"], *path)
+    if has_std and isinstance(v, dict):
+        return v.get("mean"), v.get("std")
+    return v, None
+
+
+def write_report(metrics: dict[str, Any], out_dir: Path) -> Path:
+    models = metrics["models"]
+    names = list(models)
+    base = "base" if "base" in models else None
+    md = ["# Evaluation report\n"]
+    md.append("Models: " + ", ".join(f"**{n}** = `{m['id']}`" for n, m in models.items()) + "\n")
+    header = ["metric", *names] + (["Δ model − base"] if base and "model" in models else [])
+    rows = []
+    for label, path, has_std in scalar_rows(models):
+        vals = {n: _value(models[n], path, has_std) for n in names}
+        row = [label] + [_fmt(*vals[n]) for n in names]
+        if base and "model" in models:
+            row.append(_delta(vals["model"][0], vals["base"][0]))
+        rows.append(row)
+    md.append("## Summaries (Table 4) and the alignment-tax benchmark (Tables 1-2)\n")
+    md.append(_table(header, rows))
+    pat_rows = []
+    for n in names:
+        for task, rates in (_get(models[n]["metrics"], "patterns") or {}).items():
+            pat_rows.append([n, task, *(f"{rates[k]:.1f}" for k in
+                                        ("empty", "abstention", "repetitive", "incomplete", "non_sequitur",
+                                         "punctuation")), str(rates["n"])])
+    if pat_rows:
+        md.append("## Generation patterns (Table 5, % of outputs)\n")
+        md.append(_table(["model", "task", "empty", "abstention", "repetitive", "incomplete", "non-sequitur",
+                          "punctuation", "n"], pat_rows))
+    subj = {n: _get(models[n]["metrics"], "mmlu_pro", "subjects") or {} for n in names}
+    if any(subj.values()):
+        all_s = sorted({s for v in subj.values() for s in v})
+        md.append("## MMLU-Pro per subject (accuracy)\n")
+        md.append(_table(["subject", *names], [[s, *(_fmt(_get(subj[n], s, "acc")) for n in names)] for s in all_s]))
+    md.append("## Rows per benchmark\n")
+    md.append(_table(["task", "rows in", "kept", "quarantined"],
+                     [[t, str(c["rows_in"]), str(c["kept"]), ", ".join(f"{k}: {v}" for k, v in c["quarantined"].items())
+                       or "0"] for t, c in metrics["counts"].items()]))
+    for png in _plots(models, subj, out_dir):
+        md.append(f"![{png.stem}]({png.name})\n")
+    path = out_dir / "report.md"
+    path.write_text("\n".join(md))
+    return path
+
+
+def _plots(models: dict[str, Any], subj: dict[str, dict], out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    pts = {n: (_get(m["metrics"], "tldr", "toxicity", "mean"), _get(m["metrics"], "tldr", "faithfulness", "mean"))
+           for n, m in models.items()}
+    if any(t is not None and f is not None for t, f in pts.values()):
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for n, (t, f) in pts.items():
+            if t is not None and f is not None:
+                ax.scatter([t], [f], s=60)
+                ax.annotate(n, (t, f), textcoords="offset points", xytext=(5, 5))
+        ax.set_xlabel("toxicity (lower is better)")
+        ax.set_ylabel("faithfulness (higher is better)")
+        ax.set_title("TL;DR summaries: toxicity vs. faithfulness")
+        fig.tight_layout()
+        made.append(out_dir / "toxicity_vs_faithfulness.png")
+        fig.savefig(made[-1], dpi=120)
+        plt.close(fig)
+    if any(subj.values()):
+        all_s = sorted({s for v in subj.values() for s in v})
+        fig, ax = plt.subplots(figsize=(max(5, len(all_s) * 0.8), 4))
+        width = 0.8 / max(len(subj), 1)
+        for k, (n, v) in enumerate(subj.items()):
+            ax.bar([i + k * width for i in range(len(all_s))], [(_get(v, s, "acc") or 0.0) for s in all_s],
+                   width=width, label=n)
+        ax.set_xticks([i + width * (len(subj) - 1) / 2 for i in range(len(all_s))], all_s, rotation=30, ha="right")
+        ax.set_ylabel("accuracy")
+        ax.set_title("MMLU-Pro per subject")
+        ax.legend()
+        fig.tight_layout()
+        made.append(out_dir / "mmlu_pro_subjects.png")
+        fig.savefig(made[-1], dpi=120)
+        plt.close(fig)
+    return made
+
+
+__all__ = ["scalar_rows", "write_report"]
