@@ -1013,6 +1013,7 @@ def _build_locked(name: str, target: Path, stamp: dict, inputs: _Inputs) -> None
     try:
         with _no_transformers_progress_bars():
             _BUILDERS[name](name, tmp, target, inputs)
+        _check_complete(name, tmp)
         (tmp / STAMP_FILE).write_text(json.dumps(stamp, indent=1, sort_keys=True), encoding="utf-8")
         if target.exists():
             # A directory cannot be renamed over a non-empty one: move the stale build aside first.
@@ -1026,6 +1027,24 @@ def _build_locked(name: str, target: Path, stamp: dict, inputs: _Inputs) -> None
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_complete(name: str, built: Path) -> None:
+    """Refuse to publish a build without its weights. transformers 5 silently skips save_pretrained's
+    files on torch.distributed ranks other than 0, which would leave a tokenizer-only "model"."""
+    if _BUILDERS[name] is _build_spacy_ner:
+        return
+    missing = [f for f in ("config.json", "model.safetensors") if not (built / f).is_file()]
+    if missing:
+        import torch.distributed as dist
+
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else None
+        raise RuntimeError(
+            f"building tiny model {name!r} wrote no {', '.join(missing)}"
+            + (f" (this process is torch.distributed rank {rank}, where transformers skips save_pretrained)"
+               if rank else "")
+            + ". Build the tiny models before a process group starts: `python -m raydebias.tiny DIR` or "
+            "resolve the `tiny:` id on the driver first.")
 
 
 @contextlib.contextmanager

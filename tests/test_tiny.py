@@ -271,7 +271,8 @@ def test_bad_sample_files_fail_with_file_and_line(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"e\.tsv:1: unknown entity label 'COMPANY'"):
         tiny.ner_patterns()
     (samples / "a" / "entities" / "e.tsv").unlink()
-    (samples / "a" / "b.jsonl").write_text('{"ok": "x"}\n{"broken": \n')
+    (samples / "tldr").mkdir()
+    (samples / "tldr" / "b.jsonl").write_text('{"ok": "x"}\n{"broken": \n')
     with pytest.raises(ValueError, match=r"b\.jsonl:2: not valid JSON"):
         tiny.sample_strings()
 

@@ -21,6 +21,7 @@ import logging
 import math
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -208,8 +209,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                            {"step": step, "epoch": epoch, "epoch_done": epoch_done, "consumed": done,
                             "precision": precision, "epoch_steps": epoch_steps, "train_config": loop_config["train_config"],
                             "history": history})
+                # A unique name per report: after a restart the same step is checkpointed again, and Ray's
+                # checkpoint manager would otherwise register one directory twice and later delete it twice.
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
-                                 checkpoint_dir_name=f"step-{step:07d}")
+                                 checkpoint_dir_name=f"step-{step:07d}-{uuid.uuid4().hex[:8]}")
         else:
             ray.train.report(metrics, checkpoint=None)
 

@@ -85,7 +85,8 @@ def data_config() -> Any:
 
 
 def latest_checkpoint(train_dir: Path) -> Path | None:
-    metas = sorted((train_dir / RUN_NAME).glob(f"step-*/{STATE_META}"))
+    """The newest checkpoint directory on disk (by step; names are step-NNNNNNN-<unique>)."""
+    metas = sorted((train_dir / RUN_NAME).glob(f"step-*/{STATE_META}"), key=lambda p: p.parent.name.split("-")[1])
     return metas[-1].parent if metas else None
 
 
@@ -168,6 +169,12 @@ def run_train_stage(cfg: Config, out: Any, stream: Any = None, rows: int | None 
     if not rows:
         raise RuntimeError("train: no augmented rows to train on")
     check_resumable(cfg, latest_checkpoint(out.train_dir))
+    if t.model.startswith("tiny:"):
+        # Build the tiny model here, before any worker joins a process group: transformers skips
+        # save_pretrained on torch.distributed ranks != 0, so a worker must never be the one to build it.
+        from raydebias.models import resolve_model
+
+        resolve_model(t.model)
     _resources_note(cfg, streamed)
     gpu = use_gpus(cfg.device)
     datasets = {TRAIN: parts_dataset(out.augmented_dir)}
@@ -191,9 +198,9 @@ def run_train_stage(cfg: Config, out: Any, stream: Any = None, rows: int | None 
     result = trainer.fit()
     if result.error:
         raise result.error
-    ckpt = latest_checkpoint(out.train_dir)
-    if ckpt is None:
+    if result.checkpoint is None:
         raise RuntimeError(f"train: the run finished without a checkpoint in {out.train_dir}")
+    ckpt = Path(result.checkpoint.path)  # the latest checkpoint Ray Train registered (complete by then)
     meta = json.loads((ckpt / STATE_META).read_text())
     history = meta.pop("history")
     (out.train_dir / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
