@@ -156,11 +156,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+_STAGE_KEYS = ("rows_in", "kept", "quarantined", "rows_out", "trainable", "steps", "epochs", "model", "seconds")
+
+
 def _summary(stats: dict) -> dict:
-    """One line per split for the console; the full counts are in stats.json."""
-    return {k: {kk: v[kk] for kk in ("rows_in", "kept", "quarantined", "rows_out", "trainable", "steps", "epochs", "model",
-                                                "seconds") if kk in v} if isinstance(v, dict) else v
-            for k, v in stats.items()}
+    """One short line per stage for the console (per split / per sub-stage); the full counts are in
+    stats.json. Nested dicts that are stage or split stats are cut to their headline counts; other
+    nested dicts (the evaluated models, rows per benchmark) are printed whole."""
+    out = {}
+    for k, v in stats.items():
+        if isinstance(v, dict) and any(kk in v for kk in ("rows_in", "steps")):
+            out[k] = {kk: v[kk] for kk in _STAGE_KEYS if kk in v}
+        else:
+            out[k] = v
+    return out
 
 
 if __name__ == "__main__":
