@@ -71,7 +71,7 @@ class HubSource:
     split: str
 
 
-def _base_ext(path: str) -> str:
+def base_ext(path: str) -> str:
     name = path.lower()
     for c in _COMPRESSED:
         if name.endswith(c):
@@ -97,10 +97,10 @@ def resolve_source(source: str, split: str = "train") -> list[str] | HubSource:
     if os.path.isdir(expanded):
         return _files_under(Path(expanded), source)
     if os.path.isfile(expanded):
-        if _base_ext(expanded) not in _EXTENSIONS:
+        if base_ext(expanded) not in _EXTENSIONS:
             raise DataError(f"cannot read {source!r}: unsupported file type (use one of {', '.join(_EXTENSIONS)})")
         return [os.path.abspath(expanded)]
-    if source.startswith((".", "/", "~")) or _base_ext(source) in _EXTENSIONS:
+    if source.startswith((".", "/", "~")) or base_ext(source) in _EXTENSIONS:
         raise DataError(f"data source {source!r} does not exist")
     if _HF_ID.match(source):
         return HubSource(source, split)
@@ -110,7 +110,7 @@ def resolve_source(source: str, split: str = "train") -> list[str] | HubSource:
 def _files_under(root: Path, label: str) -> list[str]:
     files = sorted(
         str(p.resolve()) for p in root.rglob("*")
-        if p.is_file() and _base_ext(p.name) in _EXTENSIONS and not p.name.startswith((".", "_"))
+        if p.is_file() and base_ext(p.name) in _EXTENSIONS and not p.name.startswith((".", "_"))
     )
     if not files:
         raise DataError(f"data source {label!r} ({root}) holds no {'/'.join(_EXTENSIONS)} files")
@@ -135,7 +135,8 @@ def layout_from_keys(keys: set[str] | list[str]) -> str | None:
     return None
 
 
-def _open(path: str):
+def open_input(path: str):
+    """A binary input stream for a local path or pyarrow filesystem URI; .gz/.bz2/.zst decompressed."""
     import pyarrow.fs as pafs
 
     fs, p = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
@@ -144,7 +145,7 @@ def _open(path: str):
 
 def detect_layout(path: str, peek_records: int = 50) -> str:
     """Layout of one file from its first records' keys; raises :class:`DataError` naming the file."""
-    ext = _base_ext(path)
+    ext = base_ext(path)
     try:
         if ext == ".parquet":
             import pyarrow.parquet as pq
@@ -153,14 +154,14 @@ def detect_layout(path: str, peek_records: int = 50) -> str:
             layout = layout_from_keys(keys)
             seen = f"columns {keys}"
         elif ext == ".csv":
-            with _open(path) as f:
+            with open_input(path) as f:
                 head = f.read(1 << 16).decode("utf-8", "surrogateescape")
             keys = next(csv.reader(io.StringIO(head)), [])
             layout = layout_from_keys(keys)
             seen = f"CSV header {keys}"
         else:
             layout, seen = None, "no JSON object in the first records"
-            with _open(path) as f:
+            with open_input(path) as f:
                 head = f.read(1 << 20)
             text = head.decode("utf-8", "surrogateescape").lstrip()
             candidates: list[Any] = []
@@ -224,7 +225,7 @@ def iter_raw_records(f: Any, path: str) -> Iterator[tuple[int, bytes]]:
     JSON lines stream in 4 MiB chunks; a ``.json`` file starting with ``[`` is one array; CSV rows
     and Parquet rows are re-encoded as JSON objects so that one parser handles every format.
     """
-    ext = _base_ext(path)
+    ext = base_ext(path)
     if ext == ".parquet":
         import pyarrow.parquet as pq
 
@@ -280,7 +281,7 @@ def _make_datasource(paths: list[str]):
         """Streams TL;DR files as (file, line, raw JSON) records; one read task per file."""
 
         def _open_input_source(self, filesystem, path, **open_args):
-            if _base_ext(path) == ".parquet":  # needs random access
+            if base_ext(path) == ".parquet":  # needs random access
                 return filesystem.open_input_file(path)
             return super()._open_input_source(filesystem, path, **open_args)
 

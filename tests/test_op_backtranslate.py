@@ -8,7 +8,6 @@ input untouched, truncation, per-row fault isolation), not fluency.
 import json
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 import torch
 
@@ -19,8 +18,7 @@ torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "raydebias/samples/tldr/train/carper-a.jsonl"
-from support import OP_INPUT_SCHEMA as SCHEMA  # noqa: E402
-from support import norm  # noqa: E402, F401
+from support import norm, op_table  # noqa: E402, F401
 from support import sample_rows as support_rows  # noqa: E402
 
 BOOM = "Boomtown"  # a summary containing this word makes the model call fail (see test_failing_row...)
@@ -36,17 +34,13 @@ def sample_rows():
     return rows
 
 
-def table(rows):
-    return pa.Table.from_pylist(rows, schema=SCHEMA)
-
-
 @pytest.fixture(scope="module")
 def op():
     return Backtranslate(cfg(), seed=0)
 
 
 def test_paraphrases_are_positive_one_per_pivot_and_never_the_reference(op, sample_rows):
-    batch = table(sample_rows)
+    batch = op_table(sample_rows)
     before = batch.to_pylist()
     out = op(batch).to_pylist()
     assert batch.to_pylist() == before and "candidates" not in batch.column_names  # input untouched
@@ -73,7 +67,7 @@ def test_paraphrases_are_positive_one_per_pivot_and_never_the_reference(op, samp
 
 
 def test_same_seed_reproduces_and_another_seed_differs(op, sample_rows, monkeypatch):
-    batch = table(sample_rows[:2])
+    batch = op_table(sample_rows[:2])
     first = op(batch).to_pylist()
     again = Backtranslate(cfg(), seed=0)(batch).to_pylist()  # a fresh actor, same seed
     assert again == first
@@ -99,7 +93,7 @@ def test_reference_echo_and_repeats_become_drops(sample_rows):
     ref = sample_rows[0]["summary"]
     op = ScriptedBack(cfg(), seed=0)
     op.script = {"de": "  " + ref.upper() + " ", "fr": "A brand new   paraphrase.", "es": "a brand NEW paraphrase."}
-    (row,) = op(table(sample_rows[:1])).to_pylist()
+    (row,) = op(op_table(sample_rows[:1])).to_pylist()
     assert [(c["text"], json.loads(c["info"])["pivot"]) for c in row["candidates"]] == [("A brand new   paraphrase.", "fr")]
     assert [(d["reason"], d["text"]) for d in row["drops"]] == [
         ("same_as_reference", op.script["de"]), ("duplicate", op.script["es"])]
@@ -109,7 +103,7 @@ def test_reference_echo_and_repeats_become_drops(sample_rows):
 def test_over_long_summary_is_truncated_not_fatal(op, sample_rows):
     long = dict(sample_rows[1], id="long", summary=" ".join([sample_rows[1]["summary"]] * 120),
                 summary_entities=[])
-    out = op(table([sample_rows[0], long])).to_pylist()
+    out = op(op_table([sample_rows[0], long])).to_pylist()
     assert len(op.models["de"][0][1](long["summary"])["input_ids"]) > 512  # would overflow without truncation
     for row in out:
         assert not [d for d in row["drops"] if d["reason"] == "error"], row["drops"]
@@ -128,7 +122,7 @@ class Boom(Backtranslate):
 def test_failing_row_yields_an_error_drop_and_others_keep_candidates(sample_rows):
     bad = dict(sample_rows[1], id="bad", summary=f"{BOOM} is where my landlord kept the deposit.",
                summary_entities=[])
-    out = Boom(cfg(), seed=0)(table([sample_rows[0], bad, sample_rows[2]])).to_pylist()
+    out = Boom(cfg(), seed=0)(op_table([sample_rows[0], bad, sample_rows[2]])).to_pylist()
     assert [r["id"] for r in out] == [sample_rows[0]["id"], "bad", sample_rows[2]["id"]]
     assert out[1]["candidates"] == []
     assert [(d["op"], d["reason"]) for d in out[1]["drops"]] == [("backtranslate", "error")]

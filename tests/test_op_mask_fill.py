@@ -9,7 +9,6 @@ truncation, resampling, per-row fault isolation).
 import json
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 import torch
 
@@ -21,9 +20,8 @@ torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "raydebias/samples/tldr/train/carper-a.jsonl"
-from support import OP_INPUT_SCHEMA as SCHEMA  # noqa: E402
 from support import ents as support_ents  # noqa: E402
-from support import norm  # noqa: E402, F401
+from support import norm, op_table  # noqa: E402, F401
 from support import sample_rows as support_rows  # noqa: E402
 
 BOOM = "Boomtown"
@@ -38,10 +36,6 @@ def sample_rows():
     rows = support_rows(3)
     assert all(len(r[SUMMARY_ENTITIES]) >= 2 for r in rows[:2])  # the tests below rely on entities
     return rows
-
-
-def table(rows):
-    return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +71,7 @@ def check_entity_candidate(ref, ents_, cand, max_swaps):
 
 
 def test_entity_tokens_are_refilled_and_the_rest_is_untouched(op, sample_rows):
-    batch = table(sample_rows[:2])
+    batch = op_table(sample_rows[:2])
     before = batch.to_pylist()
     out = op(batch).to_pylist()
     assert batch.to_pylist() == before and "candidates" not in batch.column_names  # input untouched
@@ -93,7 +87,7 @@ def test_entity_tokens_are_refilled_and_the_rest_is_untouched(op, sample_rows):
 
 def test_without_entities_a_mask_ratio_of_word_tokens_is_refilled(op, sample_rows):
     row = dict(sample_rows[2], summary_entities=[])
-    (out,) = op(table([row])).to_pylist()
+    (out,) = op(op_table([row])).to_pylist()
     ref = row["summary"]
     n_tokens = len(op.tokenizer(ref, add_special_tokens=False)["input_ids"])
     assert n_tokens >= 20
@@ -107,7 +101,7 @@ def test_without_entities_a_mask_ratio_of_word_tokens_is_refilled(op, sample_row
 
 
 def test_same_seed_reproduces_and_another_seed_differs(op, sample_rows, monkeypatch):
-    batch = table(sample_rows)
+    batch = op_table(sample_rows)
     first = op(batch).to_pylist()
     assert MaskFill(cfg(), seed=0)(batch).to_pylist() == first
     monkeypatch.setattr(op, "seed", 1)  # same models, another seed
@@ -124,7 +118,7 @@ def test_over_long_summary_masks_only_what_fits(op, sample_rows):
     assert len(enc["input_ids"]) > op.max_len == 512  # RoBERTa would fail on it untruncated
     cut = op.tokenizer(summary, truncation=True, max_length=op.max_len, return_offsets_mapping=True)
     last_char = max(e for _, e in cut["offset_mapping"])
-    (out,) = op(table([row])).to_pylist()
+    (out,) = op(op_table([row])).to_pylist()
     assert not [d for d in out["drops"] if d["reason"] == "error"], out["drops"]
     assert out["candidates"]
     fitting = [e for e in row[SUMMARY_ENTITIES] if e["end"] <= last_char]
@@ -153,7 +147,7 @@ class Restoring(MaskFill):
 
 
 def test_fills_equal_to_the_reference_are_resampled_then_dropped(sample_rows):
-    (out,) = Restoring(cfg(), seed=0)(table(sample_rows[:1])).to_pylist()
+    (out,) = Restoring(cfg(), seed=0)(op_table(sample_rows[:1])).to_pylist()
     assert out["candidates"] == []
     drops = out["drops"]
     assert [d["reason"] for d in drops] == ["same_as_reference"] * (2 * MAX_ATTEMPTS)  # 2 variations
@@ -174,7 +168,7 @@ class Boom(MaskFill):
 def test_failing_row_yields_an_error_drop_and_others_keep_candidates(sample_rows):
     bad = dict(sample_rows[2], id="bad", summary=f"{BOOM} is where my landlord kept the deposit.",
                summary_entities=[])
-    out = Boom(cfg(), seed=0)(table([sample_rows[0], bad, sample_rows[1]])).to_pylist()
+    out = Boom(cfg(), seed=0)(op_table([sample_rows[0], bad, sample_rows[1]])).to_pylist()
     assert [r["id"] for r in out] == [sample_rows[0]["id"], "bad", sample_rows[1]["id"]]
     assert out[1]["candidates"] == []
     assert [(d["op"], d["reason"]) for d in out[1]["drops"]] == [("mask_fill", "error")]

@@ -10,7 +10,6 @@ fault isolation, not fluency.
 import json
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 import torch
 
@@ -22,8 +21,7 @@ torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "raydebias/samples/tldr/train/carper-a.jsonl"
-from support import OP_INPUT_SCHEMA as SCHEMA  # noqa: E402
-from support import norm  # noqa: E402, F401
+from support import norm, op_table  # noqa: E402, F401
 from support import sample_rows as support_rows  # noqa: E402
 
 BOOM = "Boomtown"
@@ -39,10 +37,6 @@ def sample_rows():
     rows = support_rows(3)
     assert all(r[SUMMARY_ENTITIES] for r in rows[:2])
     return rows
-
-
-def table(rows):
-    return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +55,7 @@ def check_splice(ref, cand):
 
 
 def test_masked_entity_is_regenerated_and_the_rest_kept(op, sample_rows):
-    batch = table(sample_rows[:2])
+    batch = op_table(sample_rows[:2])
     before = batch.to_pylist()
     out = op(batch).to_pylist()
     assert batch.to_pylist() == before and "candidates" not in batch.column_names  # input untouched
@@ -83,7 +77,7 @@ def test_masked_entity_is_regenerated_and_the_rest_kept(op, sample_rows):
 
 def test_without_entities_a_middle_relation_span_is_regenerated(op, sample_rows):
     row = dict(sample_rows[2], summary_entities=[])
-    (out,) = op(table([row])).to_pylist()
+    (out,) = op(op_table([row])).to_pylist()
     assert len(out["candidates"]) == 1, out["drops"]
     info, span = check_splice(row["summary"], out["candidates"][0])
     assert info["mode"] == "relation" and span["label"] is None
@@ -94,7 +88,7 @@ def test_without_entities_a_middle_relation_span_is_regenerated(op, sample_rows)
 
 
 def test_two_spans_give_a_candidate_only_when_every_sentinel_is_filled(sample_rows):
-    out = Regenerate(cfg("augment.regenerate.max_swaps=2"), seed=0)(table(sample_rows[:2])).to_pylist()
+    out = Regenerate(cfg("augment.regenerate.max_swaps=2"), seed=0)(op_table(sample_rows[:2])).to_pylist()
     for row in out:
         assert len(row["candidates"]) + len(row["drops"]) == 1
         for c in row["candidates"]:
@@ -138,11 +132,11 @@ def test_restored_or_empty_fills_are_dropped(sample_rows, answer, reason):
     s0, s1 = op.sentinel_ids[:2]
     words = op.tokenizer(ent["text"].upper(), add_special_tokens=False)["input_ids"]
     op.answer = {"restore": [s0, *words, s1], "empty": [s0, s1, op.tokenizer.eos_token_id], "none": []}[answer]
-    (out,) = op(table([row])).to_pylist()
+    (out,) = op(op_table([row])).to_pylist()
     assert out["candidates"] == []
     assert [(d["op"], d["reason"]) for d in out["drops"]] == [("regenerate", reason)]
     op.answer = [s0, *op.tokenizer("Walter Smith", add_special_tokens=False)["input_ids"], s1]
-    (out,) = op(table([row])).to_pylist()
+    (out,) = op(op_table([row])).to_pylist()
     assert [c["text"] for c in out["candidates"]] == [row["summary"].replace(ent["text"], "Walter Smith")]
 
 
@@ -161,7 +155,7 @@ def test_only_the_post_is_truncated(op, sample_rows):
     ids, cut = op._prompt_ids(row["post"], masked)
     assert cut is False
     # the op runs on it: a normal outcome, no error
-    (out,) = op(table([dict(row, post=long_post)])).to_pylist()
+    (out,) = op(op_table([dict(row, post=long_post)])).to_pylist()
     assert len(out["candidates"]) + len(out["drops"]) == 1
     assert not [d for d in out["drops"] if d["reason"] == "error"], out["drops"]
     assert all(json.loads(c["info"])["post_truncated"] is True for c in out["candidates"])
@@ -169,14 +163,14 @@ def test_only_the_post_is_truncated(op, sample_rows):
 
 def test_a_summary_too_long_to_fit_is_dropped_not_cut(op, sample_rows):
     huge = dict(sample_rows[2], id="huge", summary=" ".join([sample_rows[2]["summary"]] * 40), summary_entities=[])
-    out = op(table([huge, sample_rows[0]])).to_pylist()
+    out = op(op_table([huge, sample_rows[0]])).to_pylist()
     assert out[0]["candidates"] == [] and [d["reason"] for d in out[0]["drops"]] == ["summary_too_long"]
     assert len(out[1]["candidates"]) + len(out[1]["drops"]) == 1
     assert not [d for d in out[1]["drops"] if d["reason"] == "error"]
 
 
 def test_same_seed_reproduces_and_another_seed_differs(op, sample_rows, monkeypatch):
-    batch = table(sample_rows)
+    batch = op_table(sample_rows)
     first = op(batch).to_pylist()
     assert Regenerate(cfg(), seed=0)(batch).to_pylist() == first
     monkeypatch.setattr(op, "seed", 1)  # same models, another seed
@@ -197,7 +191,7 @@ class Boom(Regenerate):
 def test_failing_row_yields_an_error_drop_and_others_keep_candidates(sample_rows):
     bad = dict(sample_rows[2], id="bad", summary=f"{BOOM} is where my landlord kept the deposit.",
                summary_entities=[])
-    out = Boom(cfg(), seed=0)(table([sample_rows[0], bad, sample_rows[1]])).to_pylist()
+    out = Boom(cfg(), seed=0)(op_table([sample_rows[0], bad, sample_rows[1]])).to_pylist()
     assert [r["id"] for r in out] == [sample_rows[0]["id"], "bad", sample_rows[1]["id"]]
     assert out[1]["candidates"] == []
     assert [(d["op"], d["reason"]) for d in out[1]["drops"]] == [("regenerate", "error")]

@@ -170,20 +170,20 @@ def build_requests(cfg: Config, out: Any) -> tuple[pa.Table, list[dict[str, Any]
         r, b = T.truthfulqa_requests(gen, mc, e)
         reqs += r
         bad += b
-        rows_in["truthfulqa_gen"] = len(T._limit(gen, e))
-        rows_in["truthfulqa_mc1"] = len(T._limit(mc, e))
+        rows_in["truthfulqa_gen"] = len(T.limit_rows(gen, e))
+        rows_in["truthfulqa_mc1"] = len(T.limit_rows(mc, e))
     if "rtp" in e.tasks:
         rows = read_rows(e.rtp_source)
         r, b = T.rtp_requests(rows, e)
         reqs += r
         bad += b
-        rows_in["rtp"] = len(T._limit(rows, e))
+        rows_in["rtp"] = len(T.limit_rows(rows, e))
     if "mmlu_pro" in e.tasks:
         test, val = read_rows(e.mmlu_pro_source, "test"), read_rows(e.mmlu_pro_source, "validation")
         r, b = T.mmlu_pro_requests(test, val, e)
         reqs += r
         bad += b
-        rows_in["mmlu_pro"] = len(T._limit(test, e))
+        rows_in["mmlu_pro"] = len(T.limit_rows(test, e))
     return pa.Table.from_pylist(reqs, schema=T.REQUEST_SCHEMA), bad, rows_in
 
 

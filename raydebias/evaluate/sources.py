@@ -10,56 +10,33 @@ Offline, a hub id is a :class:`raydebias.data.DataError` that says to download t
 
 from __future__ import annotations
 
-import bz2
 import csv
-import gzip
 import io
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from raydebias.data import SAMPLE_PREFIX, SAMPLES_DIR, DataError
+from raydebias.data import SAMPLE_PREFIX, SAMPLES_DIR, DataError, base_ext, open_input
 
-_TEXT = (".csv", ".jsonl", ".json", ".ndjson")
-_OPENERS = {".gz": gzip.open, ".bz2": bz2.open}
-
-
-def _ext(name: str) -> tuple[str, str | None]:
-    base, comp = name, None
-    for c in (".gz", ".bz2", ".zst"):
-        if base.endswith(c):
-            base, comp = base[: -len(c)], c
-    return os.path.splitext(base)[1].lower(), comp
-
-
-def _open_text(path: Path, comp: str | None):
-    if comp == ".zst":
-        import zstandard
-
-        return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")), encoding="utf-8")
-    if comp:
-        return _OPENERS[comp](path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+_FORMATS = (".csv", ".jsonl", ".json", ".ndjson", ".parquet")
 
 
 def read_file(path: Path) -> list[dict[str, Any]]:
-    ext, comp = _ext(path.name)
+    """All records of one CSV / JSON lines / JSON array / Parquet file (text formats may be compressed)."""
+    ext = base_ext(str(path))
     try:
         if ext == ".parquet":
             import pyarrow.parquet as pq
 
             return pq.read_table(path).to_pylist()
-        with _open_text(path, comp) as fh:
+        with open_input(str(path)) as raw, io.TextIOWrapper(raw, encoding="utf-8") as fh:
             if ext == ".csv":
                 return list(csv.DictReader(fh))
             text = fh.read()
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+    except Exception as e:  # I/O, bad UTF-8, corrupt compression or Parquet
         raise DataError(f"cannot read {path}: {type(e).__name__}: {e}") from e
-    except Exception as e:  # corrupt Parquet and friends
-        raise DataError(f"cannot read {path}: {type(e).__name__}: {e}") from e
-    stripped = text.lstrip()
-    if stripped.startswith("["):
+    if text.lstrip().startswith("["):
         try:
             return json.loads(text)
         except json.JSONDecodeError as e:
@@ -77,11 +54,11 @@ def read_file(path: Path) -> list[dict[str, Any]]:
 def _local(path: Path, split: str | None) -> list[Path]:
     if path.is_file():
         return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and (_ext(p.name)[0] in (*_TEXT, ".parquet")))
+    files = sorted(p for p in path.rglob("*") if p.is_file() and base_ext(p.name) in _FORMATS)
     if split is not None:
         files = [p for p in files if p.name.split(".")[0].split("-")[0] == split]
     if not files:
-        raise DataError(f"{path} holds no {'/'.join((*_TEXT, '.parquet'))} files"
+        raise DataError(f"{path} holds no {'/'.join(_FORMATS)} files"
                         + (f" named {split}.*" if split else ""))
     return files
 

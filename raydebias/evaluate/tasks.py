@@ -44,14 +44,15 @@ def _req(task: str, item: str, kind: str, prompt: str, max_new: int = 0, tempera
             TEMPERATURE: temperature, TOP_P: top_p, PAYLOAD: json.dumps(payload)}
 
 
-def _limit(rows: list, cfg: EvalConfig) -> list:
+def limit_rows(rows: list, cfg: EvalConfig) -> list:
+    """The first ``evaluate.limit`` rows (all when null)."""
     return rows if cfg.limit is None else rows[: cfg.limit]
 
 
 def tldr_requests(rows: Sequence[dict[str, Any]], cfg: EvalConfig) -> list[dict[str, Any]]:
     """Held-out source rows (SOURCE_SCHEMA) -> greedy summaries from the TL;DR prompt (Section 5)."""
     out = []
-    for r in _limit(list(rows), cfg):
+    for r in limit_rows(list(rows), cfg):
         source = r["post"] if cfg.faithfulness_source == "post" else r["summary"]
         out.append(_req("tldr", r["id"], "greedy", format_prompt(r["post"], r.get("subreddit"), r.get("title")),
                         cfg.max_new_tokens, reference=r["summary"], source=source))
@@ -61,7 +62,7 @@ def tldr_requests(rows: Sequence[dict[str, Any]], cfg: EvalConfig) -> list[dict[
 def truthfulqa_requests(gen_rows: Sequence[dict], mc_rows: Sequence[dict], cfg: EvalConfig
                         ) -> tuple[list[dict], list[dict]]:
     reqs, bad = [], []
-    for i, raw in enumerate(_limit(list(gen_rows), cfg)):
+    for i, raw in enumerate(limit_rows(list(gen_rows), cfg)):
         try:
             r = truthfulqa.normalize_row(raw)
             if not r["correct"]:
@@ -71,7 +72,7 @@ def truthfulqa_requests(gen_rows: Sequence[dict], mc_rows: Sequence[dict], cfg: 
             continue
         reqs.append(_req("truthfulqa_gen", str(i), "greedy", truthfulqa.prompt(r["question"]),
                          cfg.truthfulqa_max_new_tokens, correct=r["correct"], incorrect=r["incorrect"]))
-    for i, raw in enumerate(_limit(list(mc_rows), cfg)):
+    for i, raw in enumerate(limit_rows(list(mc_rows), cfg)):
         try:
             r = truthfulqa.normalize_row(raw)
             if r["mc1_choices"] is None:
@@ -87,7 +88,7 @@ def truthfulqa_requests(gen_rows: Sequence[dict], mc_rows: Sequence[dict], cfg: 
 
 def rtp_requests(rows: Sequence[dict[str, Any]], cfg: EvalConfig) -> tuple[list[dict], list[dict]]:
     reqs, bad = [], []
-    for i, raw in enumerate(_limit(list(rows), cfg)):
+    for i, raw in enumerate(limit_rows(list(rows), cfg)):
         p = raw.get("prompt")
         text = p.get("text") if isinstance(p, dict) else p
         if not isinstance(text, str) or not text.strip():
@@ -103,7 +104,7 @@ def mmlu_pro_requests(test: Sequence[dict], validation: Sequence[dict], cfg: Eva
     shots = mmlu_pro.shots_by_subject([v for v in validation if mmlu_pro.validate_row(v) is None],
                                       cfg.mmlu_pro_shots)
     reqs, bad = [], []
-    for i, raw in enumerate(_limit(list(test), cfg)):
+    for i, raw in enumerate(limit_rows(list(test), cfg)):
         if (why := mmlu_pro.validate_row(raw)) is not None:
             bad.append(_bad("mmlu_pro", str(raw.get("question_id", i)), why, raw))
             continue
@@ -174,5 +175,6 @@ def quarantine_counts(bad: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]
     return {t: dict(v) for t, v in c.items()}
 
 
-__all__ = ["GENERATIVE", "REQUEST_SCHEMA", "RESULT_COLUMNS", "clean_output", "metrics", "mmlu_pro_requests",
+__all__ = ["GENERATIVE", "REQUEST_SCHEMA", "RESULT_COLUMNS", "clean_output", "limit_rows", "metrics",
+           "mmlu_pro_requests",
            "quarantine_counts", "rtp_requests", "tldr_requests", "truthfulqa_requests"]
