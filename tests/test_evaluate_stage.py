@@ -92,3 +92,23 @@ def test_evaluate_stage_on_any_model_with_a_dirty_benchmark_row(tmp_path):
     report = (out / "eval/report.md").read_text()
     assert "Generation patterns" in report and "Δ model − base" not in report  # no base: no deltas
     assert (out / "eval/toxicity_vs_faithfulness.png").exists()
+
+
+def test_batched_loglik_equals_one_forward_per_request():
+    import torch
+
+    from raydebias.evaluate.pipeline import Generate
+    from raydebias.models import load_model
+
+    gen = Generate("tiny:gpt2", "hf", use_gpu=False, gpu_fraction=0.0, seed=0)
+    model, tok = load_model("tiny:gpt2", "causal_lm")
+    ctx = ["Q: Is the sky blue?\nA:", "Q: What is the capital of Australia, the country?\nA:", "Q: Why?\nA:"]
+    cont = [" Yes, it is.", " Canberra.", " Because the light scatters in the air above us."]
+    got = gen.loglik(ctx, cont, batch_size=2)  # padding inside a batch must not change anything
+    for c, t, g in zip(ctx, cont, got, strict=True):
+        c_ids, t_ids = tok(c)["input_ids"], tok(t)["input_ids"]
+        ids = torch.tensor([c_ids + t_ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0], -1)
+        expected = sum(logp[len(c_ids) - 1 + k, t_ids[k]].item() for k in range(len(t_ids)))
+        assert g == pytest.approx(expected, abs=1e-4)

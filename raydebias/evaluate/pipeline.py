@@ -71,24 +71,39 @@ class Generate:
         return batch.append_column(T.OUTPUT, pa.array(outputs, pa.string())).append_column(
             T.LOGLIK, pa.array(logliks, pa.float64()))
 
-    def loglik(self, contexts: list[str], continuations: list[str]) -> list[float]:
+    def loglik(self, contexts: list[str], continuations: list[str], batch_size: int = 16) -> list[float]:
         """sum log p(continuation | context), the context and continuation tokenised separately
-        (lm-evaluation-harness convention); the context is cut from the left if too long."""
+        (lm-evaluation-harness convention); the context is cut from the left if too long. Batched,
+        right-padded; each row's continuation tokens are read at their own positions."""
         import torch
 
         model, tok = self._hf()
         limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 1024)
-        out = []
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        seqs = []
         for ctx, cont in zip(contexts, continuations, strict=True):
             c_ids = tok(ctx, add_special_tokens=False)["input_ids"]
             t_ids = tok(cont, add_special_tokens=False)["input_ids"]
-            ids = (c_ids + t_ids)[-(limit + 1):]
-            inp = torch.tensor([ids[:-1]], device=model.device)
+            seqs.append(((c_ids + t_ids)[-(limit + 1):], len(t_ids)))
+        out = []
+        for i in range(0, len(seqs), batch_size):
+            chunk = seqs[i:i + batch_size]
+            width = max(len(ids) for ids, _ in chunk) - 1
+            inp = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for r, (ids, _) in enumerate(chunk):
+                inp[r, : len(ids) - 1] = torch.tensor(ids[:-1])
+                mask[r, : len(ids) - 1] = 1
             with torch.no_grad():
-                logp = torch.log_softmax(model(input_ids=inp).logits[0].float(), dim=-1)
-            targets = torch.tensor(ids[1:], device=model.device)
-            tok_lp = logp.gather(1, targets[:, None])[:, 0]
-            out.append(float(tok_lp[-len(t_ids):].sum()) if t_ids else 0.0)
+                logp = torch.log_softmax(
+                    model(input_ids=inp.to(model.device), attention_mask=mask.to(model.device)).logits.float(), -1)
+            for r, (ids, n_cont) in enumerate(chunk):
+                if n_cont == 0:
+                    out.append(0.0)
+                    continue
+                pos = torch.arange(len(ids) - 1 - n_cont, len(ids) - 1)  # positions predicting the continuation
+                targets = torch.tensor(ids[len(ids) - n_cont:], device=logp.device)
+                out.append(float(logp[r, pos.to(logp.device), targets].sum()))
         return out
 
     def _hf(self):
