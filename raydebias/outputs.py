@@ -10,6 +10,8 @@
       quarantine/augment/    sources with fewer than 2 positives (no contrastive pair: L_ce only), and why
       train/                 Ray Train run storage: checkpoints (model, head, optimizer, data position)
       model/                 the trained LM (save_pretrained) + projection_head.safetensors
+      eval/                  metrics.json, report.md + PNGs, <model>/ scored requests per evaluated model
+      quarantine/evaluate/   benchmark rows that could not be used, and why
 """
 
 from __future__ import annotations
