@@ -308,11 +308,38 @@ class SweepConfig:
     alpha: list[float] = _f([1.0, 2.0, 4.0, 8.0, 16.0], "alpha grid (Appendix H, Table 14).")
     tau: list[float] = _f([1.0], "tau grid.")
     toxic_weight: list[float] = _f([1.5], "toxic_weight grid.")
-    scheduler: Literal["asha", "fifo"] = _f("asha", "Trial scheduler; ASHA stops weak trials early.")
-    metric: str = _f("val_loss", "Metric the scheduler optimises.")
+    scheduler: Literal["asha", "fifo"] = _f("asha", "Trial scheduler; ASHA stops weak trials early (on `metric`).")
+    metric: str = _f("val_l_ce", "Per-epoch validation metric the scheduler compares: val_l_ce (comparable "
+                     "across alpha), val_l_cl, val_loss (= l_ce + alpha*l_cl: not comparable across alpha), "
+                     "val_contrastive_accuracy.")
     mode: Literal["min", "max"] = _f("min", "Optimisation direction of `metric`.")
-    num_samples: int = _f(1, "Repeats of the grid (random seeds).")
+    grace_period: int = _f(1, "ASHA: epochs every trial trains before it can be stopped.")
+    reduction_factor: float = _f(2.0, "ASHA: keep the best 1/reduction_factor of trials at each rung.")
+    num_samples: int = _f(1, "Repeats of the space: random axes are re-sampled; a pure grid is repeated "
+                          "with seeds seed, seed+1, ...")
     max_concurrent_trials: int = _f(0, "0: as many as resources allow.")
+    max_failures: int = _f(1, "Ray Tune FailureConfig: retries of a failed trial (it resumes from its checkpoint).")
+    val_fraction: float = _f(0.2, "Share of the augmented groups held out for validation (at least 1 group).")
+    select_metric: str = _f("toxicity", "best.yaml: the Pareto-front trial with the best value of this metric.")
+    select_mode: Literal["min", "max"] = _f("min", "Direction of `select_metric`.")
+
+    # what a trial reports: per epoch (validation losses) and once at its end (its validation-slice evaluation)
+    EPOCH_METRICS = ("val_l_ce", "val_l_cl", "val_loss", "val_contrastive_accuracy")
+    EVAL_METRICS = ("toxicity", "faithfulness", "entity_precision", "rougeL")
+
+    def __post_init__(self) -> None:
+        for axis in ("alpha", "tau", "toxic_weight"):
+            _check(bool(getattr(self, axis)), f"sweep.{axis}", "must list at least one value", getattr(self, axis))
+        _check(self.metric in self.EPOCH_METRICS, "sweep.metric", f"must be one of {', '.join(self.EPOCH_METRICS)}",
+               self.metric)
+        _check(self.select_metric in self.EVAL_METRICS + self.EPOCH_METRICS, "sweep.select_metric",
+               f"must be one of {', '.join(self.EVAL_METRICS + self.EPOCH_METRICS)}", self.select_metric)
+        _check(self.grace_period >= 1, "sweep.grace_period", "must be >= 1", self.grace_period)
+        _check(self.reduction_factor > 1, "sweep.reduction_factor", "must be > 1", self.reduction_factor)
+        _check(self.num_samples >= 1, "sweep.num_samples", "must be >= 1", self.num_samples)
+        _check(self.max_concurrent_trials >= 0, "sweep.max_concurrent_trials", "must be >= 0", self.max_concurrent_trials)
+        _check(self.max_failures >= 0, "sweep.max_failures", "must be >= 0", self.max_failures)
+        _check(0 < self.val_fraction < 1, "sweep.val_fraction", "must be in (0, 1)", self.val_fraction)
 
 
 @dataclass

@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 # Environment every Ray worker gets: 1 intra-op thread (2-core machines thrash otherwise, ENV.md),
 # offline hubs stay offline inside workers too.
-_WORKER_ENV_KEYS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "RAYDEBIAS_TINY_DIR")
+_WORKER_ENV_KEYS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "RAYDEBIAS_TINY_DIR",
+                    "RAYDEBIAS_PROGRESS")
 
 
 def use_gpus(device: str) -> bool:
@@ -61,6 +62,13 @@ def init_ray(cfg: Config) -> dict[str, Any]:
         ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
                  runtime_env=runtime_env, log_to_driver=True)
         mode = "local"
+    configure_data_context(cfg)
+    return {"address": address or "local", "mode": mode, "resources": ray.cluster_resources()}
+
+
+def configure_data_context(cfg: Config) -> None:
+    """This process's Ray Data settings: the driver's, and again in any process that builds datasets
+    itself (a Ray Tune trial), since a DataContext does not travel to other processes."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
@@ -68,4 +76,3 @@ def init_ray(cfg: Config) -> dict[str, Any]:
     # Progress bars on a terminal; in logs (ray job submit, CI) they become walls of status lines.
     progress = os.environ.get("RAYDEBIAS_PROGRESS")
     ctx.enable_progress_bars = sys.stderr.isatty() if progress is None else progress != "0"
-    return {"address": address or "local", "mode": mode, "resources": ray.cluster_resources()}

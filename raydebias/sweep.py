@@ -8,13 +8,26 @@ A search space is a small YAML file: ``train.*`` field -> values, plus optional 
     num_samples: 4                     # SweepConfig fields may be set here too
 
 Every value a space can produce is validated like any config value (``train.alpha=-1`` is refused with
-the dotted key named) before a trial starts. These functions are pure; the Ray Tune driver builds on them.
+the dotted key named) before a trial starts.
+
+The driver (:func:`run_sweep`, CLI ``tune/sweep.py``) on Ray Tune, Train V2 style::
+
+    DIR/augmented ──read once──► DIR/sweep/data/{train,val}   (val: sweep.val_fraction of the groups, by hash)
+    Tuner(run_trial) ── each trial ─► TorchTrainer on data/train, val_* losses every epoch ─► Tune (ASHA)
+                                   └► its model on the val groups' TL;DR prompts: toxicity, faithfulness
+    DIR/sweep/results.parquet, alpha_table.md (Table 14), pareto.md + pareto.png, best.yaml
+
+A trial's training lives in ``DIR/sweep/trials/<trial id>/`` (checkpoints, model, eval results); a
+re-run with the same ``--output`` restores the Tuner (``Tuner.restore``) and unfinished trials resume
+from their last checkpoint. ASHA stops trials whose per-epoch ``sweep.metric`` lags: those are kept in
+the results with ``status = stopped`` and no evaluation.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -24,7 +37,9 @@ from typing import Any
 
 import yaml
 
-from raydebias.config import ConfigError, SweepConfig, TrainConfig, load_config
+from raydebias.config import Config, ConfigError, SweepConfig, TrainConfig, config_to_dict, load_config
+
+log = logging.getLogger(__name__)
 
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint")
 _TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
@@ -141,4 +156,340 @@ def alpha_table(rows: Sequence[dict[str, Any]], by: str = "alpha",
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["DISTRIBUTIONS", "SearchSpace", "alpha_table", "load_space", "parse_space", "pareto_front"]
+def best_trial(rows: Sequence[dict[str, Any]], sweep: SweepConfig) -> dict[str, Any] | None:
+    """The Pareto-front trial with the best ``sweep.select_metric`` (never a dominated trial); None
+    when no trial was evaluated."""
+    front = pareto_front(rows)
+    front = [r for r in front if _num(r.get(sweep.select_metric))]
+    if not front:
+        return None
+    sign = 1 if sweep.select_mode == "min" else -1
+    return min(front, key=lambda r: (sign * r[sweep.select_metric], r["toxicity"], -r["faithfulness"]))
+
+
+# --------------------------------------------------------------------------------------------------
+# The Ray Tune driver
+# --------------------------------------------------------------------------------------------------
+
+TUNER_NAME = "tuner"
+TRIAL_KEYS = ("seed",)  # trial parameters that are not train.* fields
+
+
+def default_space(cfg: Config) -> SearchSpace:
+    """The config's own grid (``sweep.alpha`` x ``sweep.tau`` x ``sweep.toxic_weight``)."""
+    s = cfg.sweep
+    return SearchSpace(grid={"alpha": list(s.alpha), "tau": list(s.tau), "toxic_weight": list(s.toxic_weight)})
+
+
+def sweep_settings(cfg: Config, space: SearchSpace) -> SweepConfig:
+    """``cfg.sweep`` with the space file's settings applied (validated by ``parse_space`` already)."""
+    import dataclasses
+
+    return dataclasses.replace(cfg.sweep, **space.settings)
+
+
+def param_space(space: SearchSpace, cfg: Config, settings: SweepConfig) -> tuple[dict[str, Any], int]:
+    """Ray Tune's param_space and num_samples for a space. A pure grid repeated ``num_samples`` times
+    would train identical trials: the repeats become a ``seed`` grid axis instead."""
+    from ray import tune
+
+    ps: dict[str, Any] = {k: tune.grid_search(list(v)) for k, v in space.grid.items()}
+    makers = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}
+    for key, spec in space.random.items():
+        kind, args = next(iter(spec.items()))
+        ps[key] = tune.choice(list(args)) if kind == "choice" else makers[kind](*args)
+    samples = settings.num_samples
+    if not space.random and samples > 1:
+        ps["seed"] = tune.grid_search([cfg.seed + i for i in range(samples)])
+        samples = 1
+    return ps, samples
+
+
+def trial_config(cfg: Config, params: dict[str, Any]) -> Config:
+    """The sweep's config with one trial's parameters (train.* fields, and ``seed``)."""
+    import dataclasses
+
+    train = {k: v for k, v in params.items() if k not in TRIAL_KEYS}
+    plain = {k: (v.item() if hasattr(v, "item") else v) for k, v in train.items()}  # numpy scalars from Tune
+    new = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **plain))
+    if "seed" in params:
+        new = dataclasses.replace(new, seed=int(params["seed"]))
+    return new
+
+
+def _hash_order(ids: Sequence[str], seed: int) -> list[str]:
+    import hashlib
+
+    return sorted(ids, key=lambda i: hashlib.sha1(f"{seed}:{i}".encode()).hexdigest())
+
+
+def prepare_sweep_data(cfg: Config, out: Any) -> dict[str, Any]:
+    """Read the augmented parts ONCE and split them into the trials' training and validation groups,
+    written to ``DIR/sweep/data/{train,val}`` (kept across resumes: every trial of a sweep, and every
+    attempt of it, sees the same split). Augments first if ``DIR/augmented`` is incomplete."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from raydebias.augment.clean import AUGMENTED_SCHEMA
+    from raydebias.train.trainer import ensure_augmented
+
+    root = out.root / "sweep" / "data"
+    split = {name: root / name for name in ("train", "val")}
+    if all(any(p.glob("*.parquet")) for p in split.values()):
+        counts = {name: pq.read_metadata(next(p.glob("*.parquet"))).num_rows for name, p in split.items()}
+        return {"dirs": split, "groups": sum(counts.values()), **counts, "reused": True}
+    ensure_augmented(cfg, out, "sweep")
+    table = pq.read_table(out.augmented_dir, schema=AUGMENTED_SCHEMA)
+    ids = table.column("id").to_pylist()
+    if len(ids) < 2:
+        raise ConfigError(f"sweep: {out.augmented_dir} holds {len(ids)} augmented group(s); a sweep needs at "
+                          "least 2 (one to train on, one to validate on): raise data.limit")
+    n_val = min(len(ids) - 1, max(1, round(cfg.sweep.val_fraction * len(ids))))
+    val_ids = set(_hash_order(ids, cfg.seed)[:n_val])
+    is_val = pc.is_in(table.column("id"), value_set=_strings(sorted(val_ids)))
+    out.write_table(table.filter(pc.invert(is_val)), split["train"])
+    out.write_table(table.filter(is_val), split["val"])
+    return {"dirs": split, "groups": len(ids), "train": len(ids) - n_val, "val": n_val, "reused": False}
+
+
+def _strings(values: list[str]) -> Any:
+    import pyarrow as pa
+
+    return pa.array(values, pa.string())
+
+
+def _epoch_report_callback() -> Any:
+    """Ray Train -> Ray Tune: forward only the epoch reports (they carry the val_* metrics the
+    scheduler compares), with ``epochs_done`` as the scheduler's time axis."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class EpochReport(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            if metrics and metrics[0].get("epoch_done"):
+                first = {**metrics[0], "epochs_done": metrics[0]["epoch"] + 1}
+                super().after_report(run_context, [first, *metrics[1:]], checkpoint)
+
+    return EpochReport()
+
+
+def evaluate_trial(cfg: Config, trial_out: Any, val_dir: Path) -> dict[str, Any]:
+    """The trial's model on the validation groups' TL;DR prompts, through the evaluate stage's code
+    (same generation and scoring pools, same metrics); the scored rows are kept in ``eval/``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raydebias.evaluate import tasks as T
+    from raydebias.evaluate.pipeline import run_model
+    from raydebias.runtime import use_gpus
+
+    rows = pq.read_table(val_dir).to_pylist()
+    requests = pa.Table.from_pylist(T.tldr_requests(rows, cfg.evaluate), schema=T.REQUEST_SCHEMA)
+    scored = run_model(requests, str(trial_out.model_dir), cfg, use_gpus(cfg.device))
+    if len(scored) != requests.num_rows:
+        raise AssertionError(f"sweep: {requests.num_rows} validation requests in, {len(scored)} results out")
+    trial_out.write_table(pa.Table.from_pylist(scored), trial_out.root / "eval")
+    m = T.metrics(scored)["tldr"]
+    return {"toxicity": m["toxicity"]["mean"], "toxicity_std": m["toxicity"]["std"],
+            "faithfulness": m["faithfulness"]["mean"], "faithfulness_std": m["faithfulness"]["std"],
+            "entity_precision": m["entity_precision"]["mean"], "rougeL": m["rougeL"]["mean"],
+            "eval_rows": requests.num_rows}
+
+
+def run_trial(params: dict[str, Any], cfg: Config, root: str) -> None:
+    """One Ray Tune trial: fit a TorchTrainer on the sweep's training groups (epoch reports go to Tune
+    with the validation losses), then evaluate the model on the validation groups and report once more.
+
+    The final report carries the last epoch's ``val_*`` metrics (Tune requires the scheduler's metric in
+    every result) but not ``epochs_done``, so the scheduler does not rank it as another epoch."""
+    import ray.tune
+
+    from raydebias.outputs import RunDir
+    from raydebias.runtime import configure_data_context
+    from raydebias.train.trainer import run_train_stage
+
+    tcfg = trial_config(cfg, params)
+    configure_data_context(tcfg)
+    data = Path(root) / "sweep" / "data"
+    trial_id = ray.tune.get_context().get_trial_id()
+
+    class TrialDir(RunDir):
+        @property
+        def augmented_dir(self) -> Path:  # every trial trains on the sweep's one training split
+            return data / "train"
+
+    tout = TrialDir(Path(root) / "sweep" / "trials" / trial_id)
+    tout.write_config(tcfg)
+    stats = run_train_stage(tcfg, tout, validation=data / "val", callbacks=(_epoch_report_callback(),),
+                            augment_first=False)
+    last = {k: v for k, v in stats["epoch_metrics"][-1].items() if k.startswith("val_") or k in ("l_ce", "l_cl")}
+    result = {**last, **evaluate_trial(tcfg, tout, data / "val"), "epochs": stats["epochs"],
+              "steps": stats["steps"], "model": str(tout.model_dir)}
+    tout.update_stats("trial", result)
+    ray.tune.report(result)
+
+
+def _space_doc(space: SearchSpace) -> dict[str, Any]:
+    return {"grid": space.grid, "random": space.random, "settings": space.settings}
+
+
+def build_tuner(cfg: Config, out: Any, space: SearchSpace) -> Any:
+    """A new Tuner, or the restored one when ``DIR/sweep/tuner`` holds an interrupted sweep of the same
+    space and training config (a different one is refused: use a new --output)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    settings = sweep_settings(cfg, space)
+    storage = out.root / "sweep"
+    storage.mkdir(parents=True, exist_ok=True)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, cfg=cfg, root=str(out.root)), {"cpu": 0.01})
+    stamp = storage / "sweep.json"
+    now = {"space": _space_doc(space), "train": config_to_dict(cfg)["train"], "seed": cfg.seed}
+    path = storage / TUNER_NAME
+    if tune.Tuner.can_restore(str(path)):
+        before = json.loads(stamp.read_text()) if stamp.exists() else None
+        if before != json.loads(json.dumps(now)):
+            raise ConfigError(f"{path} holds a sweep of another space or train config: use a new --output, or "
+                              f"delete {storage} to start over")
+        log.warning("sweep: restoring the interrupted sweep in %s (finished trials are kept, unfinished ones "
+                    "resume from their last checkpoint)", path)
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    stamp.write_text(json.dumps(now, indent=1))
+    ps, samples = param_space(space, cfg, settings)
+    epochs = cfg.train.epochs
+    if settings.scheduler == "asha":
+        # time axis: epochs_done, which only the epoch reports carry. max_t lies past the last epoch, so
+        # the last epoch is never cut before the trial's evaluation.
+        scheduler = ASHAScheduler(time_attr="epochs_done", max_t=epochs + 1,
+                                  grace_period=min(settings.grace_period, epochs),
+                                  reduction_factor=settings.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    return tune.Tuner(
+        trainable, param_space=ps,
+        tune_config=tune.TuneConfig(metric=settings.metric, mode=settings.mode, scheduler=scheduler,
+                                    num_samples=samples, max_concurrent_trials=settings.max_concurrent_trials or None),
+        run_config=tune.RunConfig(name=TUNER_NAME, storage_path=str(storage),
+                                  failure_config=tune.FailureConfig(max_failures=settings.max_failures)),
+    )
+
+
+def _param_keys(space: SearchSpace) -> list[str]:
+    """The searched keys, and alpha / tau / toxic_weight always (the tables group by them)."""
+    return list(dict.fromkeys([*space.grid, *space.random, "alpha", "tau", "toxic_weight"]))
+
+
+RESULT_COLUMNS = ("trial_id", "status", *SweepConfig.EPOCH_METRICS, *SweepConfig.EVAL_METRICS, "toxicity_std",
+                  "faithfulness_std", "epochs", "epochs_done", "eval_rows", "model", "error")
+
+
+def result_rows(grid: Any, space: SearchSpace, cfg: Config) -> list[dict[str, Any]]:
+    """One row per trial: its parameters, status (evaluated / stopped by the scheduler / error), the
+    last validation losses and its evaluation."""
+    keys = _param_keys(space)
+    rows = []
+    for res in grid:
+        m = dict(res.metrics or {})
+        hist = res.metrics_dataframe
+        epochs_done = int(hist["epochs_done"].max()) if hist is not None and "epochs_done" in hist else 0
+        status = "error" if res.error else "evaluated" if "toxicity" in m else "stopped"
+        row = {"trial_id": m.get("trial_id") or Path(res.path).name, "status": status,
+               **{k: res.config.get(k, getattr(cfg.train, k, None)) for k in keys},
+               "seed": res.config.get("seed", cfg.seed)}
+        for c in RESULT_COLUMNS[2:]:
+            row.setdefault(c, m.get(c))
+        row["epochs_done"] = epochs_done
+        row["error"] = str(res.error).splitlines()[0][:500] if res.error else None
+        for c in (*SweepConfig.EPOCH_METRICS, *SweepConfig.EVAL_METRICS, "toxicity_std", "faithfulness_std"):
+            row[c] = float("nan") if row.get(c) is None else float(row[c])
+        rows.append(row)
+    return sorted(rows, key=lambda r: [str(r[k]) for k in keys] + [r["trial_id"]])
+
+
+def pareto_plot(rows: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]], dest: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if _num(r.get("toxicity")) and _num(r.get("faithfulness"))]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.scatter([r["toxicity"] for r in ok], [r["faithfulness"] for r in ok], c="0.6", label="trials")
+    ax.plot([r["toxicity"] for r in front], [r["faithfulness"] for r in front], "o-", c="C3", label="Pareto front")
+    for r in ok:
+        ax.annotate(f"α={r.get('alpha', '?'):g}" if _num(r.get("alpha")) else r["trial_id"],
+                    (r["toxicity"], r["faithfulness"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("toxicity (lower is better)")
+    ax.set_ylabel("faithfulness (higher is better)")
+    ax.set_title("Sweep: toxicity × faithfulness on the validation groups")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(dest, dpi=120)
+    plt.close(fig)
+    return dest
+
+
+def _markdown(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    def cell(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else f"{v:g}" if isinstance(v, int | float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(cfg: Config, out: Any, space: SearchSpace, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """results.parquet, alpha_table.md, pareto.md + pareto.png, best.yaml under DIR/sweep."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    settings = sweep_settings(cfg, space)
+    d = out.root / "sweep"
+    pq.write_table(pa.Table.from_pylist(rows), d / "results.parquet")
+    keys = _param_keys(space)
+    (d / "alpha_table.md").write_text(
+        "Table 14 layout: mean over the evaluated trials with each alpha, on the validation groups "
+        "(n/a: every trial with that alpha was stopped early or failed).\n\n" + alpha_table(rows))
+    front = pareto_front(rows)
+    cols = ["trial_id", *keys, "toxicity", "faithfulness", "rougeL", "val_l_ce"]
+    (d / "pareto.md").write_text("Pareto front, toxicity (min) x faithfulness (max):\n\n" + _markdown(front, cols))
+    pareto_plot(rows, front, d / "pareto.png")
+    best = best_trial(rows, settings)
+    summary = {"trials": len(rows), "status": {s: sum(r["status"] == s for r in rows)
+                                               for s in ("evaluated", "stopped", "error")},
+               "pareto": [r["trial_id"] for r in front], "results": str(d / "results.parquet")}
+    if best is None:
+        log.warning("sweep: no trial was evaluated: no best config written")
+        (d / "best.yaml").unlink(missing_ok=True)
+        return summary
+    best_cfg = trial_config(cfg, {k: best[k] for k in (*keys, "seed") if k in best})
+    doc = config_to_dict(best_cfg)
+    header = (f"# Best trial of the sweep in {out.root}: {best['trial_id']} (Pareto front, best "
+              f"{settings.select_metric} {best[settings.select_metric]:.4f}; toxicity {best['toxicity']:.4f}, "
+              f"faithfulness {best['faithfulness']:.4f}).\n# Train it: python jobs/pipeline.py --config THIS_FILE "
+              "--output DIR\n")
+    (d / "best.yaml").write_text(header + yaml.safe_dump(doc, sort_keys=False))
+    summary["best"] = {"trial_id": best["trial_id"], **{k: best[k] for k in keys},
+                       settings.select_metric: best[settings.select_metric], "config": str(d / "best.yaml")}
+    return summary
+
+
+def run_sweep(cfg: Config, out: Any, space: SearchSpace | None = None) -> dict[str, Any]:
+    """The whole sweep (resuming an interrupted one in the same output directory)."""
+    import time
+
+    space = space or default_space(cfg)
+    t0 = time.perf_counter()
+    data = prepare_sweep_data(cfg, out)
+    log.info("sweep: %d groups -> %d train / %d validation%s", data["groups"], data["train"], data["val"],
+             " (split reused)" if data["reused"] else "")
+    grid = build_tuner(cfg, out, space).fit()
+    rows = result_rows(grid, space, cfg)
+    summary = write_results(cfg, out, space, rows)
+    summary |= {"groups": {"train": data["train"], "val": data["val"]}, "seconds": round(time.perf_counter() - t0, 2)}
+    out.update_stats("sweep", summary)
+    return summary
+
+
+__all__ = ["DISTRIBUTIONS", "SearchSpace", "alpha_table", "best_trial", "build_tuner", "default_space",
+           "evaluate_trial", "load_space", "param_space", "pareto_front", "parse_space", "prepare_sweep_data",
+           "result_rows", "run_sweep", "run_trial", "trial_config", "write_results"]

@@ -3,6 +3,7 @@
     load LM + head -> FSDP2 fully_shard per block, then the root -> AdamW + linear warm-up schedule
     -> restore the last checkpoint (model, head, optimizer, scheduler, scaler, step, epoch, ids consumed)
     -> per epoch: whole groups from this worker's shard -> L = L_ce + alpha * w_tox * L_cl -> step
+    -> at each epoch end, validation losses on held-out groups when a ``val`` dataset is given (sweeps)
     -> checkpoint every N steps and at each epoch end (full state dict, written by rank 0).
 
 Data position: the checkpoint records the source ids consumed in the current epoch, gathered from every
@@ -36,7 +37,8 @@ from raydebias.train.model import ContrastiveLM, transformer_blocks
 log = logging.getLogger(__name__)
 
 STATE_WEIGHTS, STATE_TRAINER, STATE_META = "model.safetensors", "trainer_state.pt", "meta.json"
-STREAM, TRAIN = "stream", "train"  # dataset names: the live augmentation stream (epoch 0), the written parts
+# dataset names: the live augmentation stream (epoch 0), the written parts, held-out groups (optional)
+STREAM, TRAIN, VAL = "stream", "train", "val"
 
 
 def resolve_precision(precision: str, bf16_when_supported: bool, device: torch.device) -> str:
@@ -151,6 +153,37 @@ def _next_rows(it, skip: set[str]) -> list[dict] | None:
         if rows:
             return rows
     return None
+
+
+def validate(model: ContrastiveLM, collate: Collator, shard: Any, cfg: Config, device: torch.device,
+             filler: Batch) -> dict[str, float]:
+    """Losses on this rank's shard of held-out groups, forward only, summed over all ranks.
+
+    Every rank takes part in every forward (FSDP2 all-gathers parameters), so ranks whose shard is
+    exhausted run the filler batch, as in training. Negatives are sampled as in epoch 0 every time,
+    so validation sees the same groups each epoch.
+    """
+    model.eval()
+    sums = torch.zeros(6, dtype=torch.float64)  # l_ce, l_cl, loss, correct, pairs, real batches
+    it = iter(shard.iter_batches(batch_size=cfg.train.groups_per_batch, batch_format="pyarrow"))
+    with torch.no_grad():
+        while True:
+            rows = _next_rows(it, set())
+            has = torch.tensor([0.0 if rows is None else 1.0])
+            dist.all_reduce(has, op=dist.ReduceOp.MAX)
+            if has.item() == 0:
+                break
+            out = step_losses(model, (filler if rows is None else collate(rows, 0)).to(device), cfg)
+            if rows is not None:
+                sums += torch.tensor([out["l_ce"].item(), out["l_cl"].item(), out["loss"].item(), out["correct"],
+                                      out["pairs"], 1.0], dtype=torch.float64)
+    model.train()
+    dist.all_reduce(sums)
+    n = sums[5].item()
+    if n == 0:
+        raise RuntimeError("train: validation was requested but the validation dataset is empty")
+    return {"val_l_ce": sums[0].item() / n, "val_l_cl": sums[1].item() / n, "val_loss": sums[2].item() / n,
+            "val_contrastive_accuracy": sums[3].item() / sums[4].item() if sums[4] > 0 else float("nan")}
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -275,6 +308,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                          "l_ce": sums[0].item() / n, "l_cl": sums[1].item() / n, "loss": sums[2].item() / n,
                          "contrastive_accuracy": sums[3].item() / sums[4].item() if sums[4] > 0 else float("nan"),
                          "tokens_per_s": sums[5].item() / (time.perf_counter() - t_epoch)}
+        if loop_config.get("validate"):
+            epoch_metrics |= validate(model, collate, ray.train.get_dataset_shard(VAL), cfg, device, filler)
+            if rank == 0:
+                log.info("train: epoch %d validation %s", epoch,
+                         json.dumps({k: round(v, 4) for k, v in epoch_metrics.items() if k.startswith("val_")}))
         history.append(epoch_metrics)
         if epoch == 0:  # the first epoch's real length (all ranks agree on it) sets the schedule
             epoch_steps = step
@@ -283,4 +321,5 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         epoch, consumed, mine = epoch + 1, set(), []
 
 
-__all__ = ["STREAM", "TRAIN", "build_model", "resolve_precision", "step_losses", "train_loop_per_worker"]
+__all__ = ["STREAM", "TRAIN", "VAL", "build_model", "resolve_precision", "step_losses", "train_loop_per_worker",
+           "validate"]

@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from raydebias.config import Config, ConfigError, config_to_dict
-from raydebias.train.loop import STATE_META, STATE_WEIGHTS, STREAM, TRAIN, train_loop_per_worker
+from raydebias.train.loop import STATE_META, STATE_WEIGHTS, STREAM, TRAIN, VAL, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,18 @@ def export_model(ckpt: Path, cfg: Config, dest: Path) -> Path:
     return dest
 
 
+def ensure_augmented(cfg: Config, out: Any, who: str) -> None:
+    """Run the augment stage (and the data stage before it) unless ``out.augmented_dir`` holds every
+    source row already: a staged consumer never trains on a half-written augmentation."""
+    from raydebias.augment.pipeline import finished_ids, run_augment_stage
+
+    src = out.sources_dir("train")
+    src_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in src.glob("*.parquet")) if src.exists() else None
+    if src_rows is None or len(finished_ids(out.augmented_dir)) < src_rows:
+        log.info("%s: %s is missing or incomplete: running the augment stage first", who, out.augmented_dir)
+        run_augment_stage(cfg, out)
+
+
 def _resources_note(cfg: Config, streamed: bool) -> None:
     """Warn when train workers + augmentation pools ask for more CPUs than the cluster has (HANG 2)."""
     import ray
@@ -148,8 +160,16 @@ def _resources_note(cfg: Config, streamed: bool) -> None:
                     " + augmentation pools" if streamed else "", need, have)
 
 
-def run_train_stage(cfg: Config, out: Any, stream: Any = None, rows: int | None = None) -> dict[str, Any]:
-    """Train on ``DIR/augmented`` (staged) or on ``stream``, the live augmentation dataset (streamed)."""
+def run_train_stage(cfg: Config, out: Any, stream: Any = None, rows: int | None = None, *,
+                    validation: Path | None = None, callbacks: tuple = (), augment_first: bool = True
+                    ) -> dict[str, Any]:
+    """Train on ``out.augmented_dir`` (staged) or on ``stream``, the live augmentation dataset (streamed).
+
+    ``validation``: a directory of held-out augmented parts, scored at every epoch end (``val_*``
+    metrics, reported with the epoch checkpoint). ``callbacks``: Ray Train ``UserCallback``s (a sweep
+    trial passes one that forwards the epoch reports to Ray Tune). ``augment_first=False``: the parts
+    in ``out.augmented_dir`` are complete by construction (a sweep's training split), never re-augment.
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -157,14 +177,9 @@ def run_train_stage(cfg: Config, out: Any, stream: Any = None, rows: int | None 
 
     t = cfg.train
     streamed = stream is not None
+    if not streamed and augment_first:
+        ensure_augmented(cfg, out, "train")
     if not streamed:
-        from raydebias.augment.pipeline import finished_ids, run_augment_stage
-
-        src_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in out.sources_dir("train").glob("*.parquet")) \
-            if out.sources_dir("train").exists() else None
-        if src_rows is None or len(finished_ids(out.augmented_dir)) < src_rows:
-            log.info("train: %s is missing or incomplete: running the augment stage first", out.augmented_dir)
-            run_augment_stage(cfg, out)
         rows = sum(pq.ParquetFile(f).metadata.num_rows for f in out.augmented_dir.glob("*.parquet"))
     if not rows:
         raise RuntimeError("train: no augmented rows to train on")
@@ -180,15 +195,18 @@ def run_train_stage(cfg: Config, out: Any, stream: Any = None, rows: int | None 
     datasets = {TRAIN: parts_dataset(out.augmented_dir)}
     if streamed:
         datasets[STREAM] = stream
+    if validation is not None:
+        datasets[VAL] = parts_dataset(validation)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg, "rows": rows, "streamed": streamed,
+        train_loop_config={"cfg": cfg, "rows": rows, "streamed": streamed, "validate": validation is not None,
                            "train_config": config_to_dict(cfg)["train"]},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if gpu else {})}),
         run_config=RunConfig(name=RUN_NAME, storage_path=str(out.train_dir),
                              failure_config=FailureConfig(max_failures=t.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
+                             callbacks=list(callbacks)),
         datasets=datasets,
         dataset_config=data_config(),
     )
@@ -213,5 +231,5 @@ def run_train_stage(cfg: Config, out: Any, stream: Any = None, rows: int | None 
     return stats
 
 
-__all__ = ["RUN_NAME", "check_resumable", "data_config", "export_model", "latest_checkpoint", "parts_dataset",
+__all__ = ["RUN_NAME", "check_resumable", "data_config", "ensure_augmented", "export_model", "latest_checkpoint", "parts_dataset",
            "run_train_stage"]
