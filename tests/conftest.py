@@ -36,3 +36,20 @@ def ray_local():
         init_ray(load_config(None, ["ray.num_cpus=8"]))  # logical: room for the augment pools
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One `--stage all` run of the smoke job (data -> augmentation streamed into 2 FSDP2 workers ->
+    evaluate), shared by the train tests and the sweep test (which copies its data/ and augmented/)."""
+    import subprocess
+    import sys
+
+    from support import SMOKE, SMOKE_RUN_ARGS, job_env
+
+    out = tmp_path_factory.mktemp("train") / "run"
+    r = subprocess.run([sys.executable, str(REPO / "jobs/pipeline.py"), "--config", str(SMOKE), "--stage", "all",
+                        "--output", str(out), *SMOKE_RUN_ARGS, "train.epochs=2"],
+                       capture_output=True, text=True, timeout=900, env=job_env(), cwd=REPO)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return out, r

@@ -12,6 +12,9 @@ from raydebias.data import record_to_row
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "jobs" / "configs" / "smoke.yaml"
+# The shared end-to-end run (conftest.smoke_run): `--stage all` on this many rows with these overrides.
+SMOKE_RUN_ROWS = 8
+SMOKE_RUN_ARGS = [f"data.limit={SMOKE_RUN_ROWS}", "train.lr=0.005", "train.warmup_steps=1", "train.groups_per_batch=2"]
 SAMPLE = REPO / "raydebias/samples/tldr/train/carper-a.jsonl"
 # What an op receives: source columns + the NER stage's entity columns.
 OP_INPUT_SCHEMA = pa.schema([pa.field(c, pa.string()) for c in S.SOURCE_COLUMNS]
@@ -41,3 +44,35 @@ def sample_rows(n: int = 3) -> list[dict]:
 
 def op_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=OP_INPUT_SCHEMA)
+
+
+def job_env() -> dict:
+    """The environment for a job subprocess: unbuffered, never joining a cluster by RAY_ADDRESS."""
+    import os
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def kill_tree(pid: int, timeout: float = 15) -> None:
+    """Stop a process and every process it spawned (an embedded Ray cluster's GCS, raylet, workers): only those."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=10)

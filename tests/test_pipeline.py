@@ -11,9 +11,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import psutil
 import pyarrow.parquet as pq
 import pytest
+from support import kill_tree
 
 from raydebias import schema as S
 
@@ -119,27 +119,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """Stop `ray start --block` and every process it spawned (GCS, raylet, dashboard, workers): only those."""
-    try:
-        root = psutil.Process(proc.pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=15)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=10)
-
-
 @pytest.fixture
 def ray_head(tmp_path):
     # Token auth: once ~/.ray/auth_token exists, `ray start` turns it on and clients need
@@ -172,7 +151,7 @@ def ray_head(tmp_path):
                 time.sleep(1)
         yield address, env
     finally:
-        _kill_tree(proc)
+        kill_tree(proc.pid)
         log.close()
 
 

@@ -5,8 +5,18 @@ import math
 import pytest
 from support import REPO
 
-from raydebias.config import ConfigError
-from raydebias.sweep import alpha_table, load_space, pareto_front, parse_space
+from raydebias.config import ConfigError, load_config
+from raydebias.sweep import (
+    alpha_table,
+    best_trial,
+    default_space,
+    load_space,
+    param_space,
+    pareto_front,
+    parse_space,
+    sweep_settings,
+    trial_config,
+)
 
 
 def test_the_shipped_alpha_space_is_the_papers_ablation():
@@ -14,6 +24,7 @@ def test_the_shipped_alpha_space_is_the_papers_ablation():
     assert space.grid == {"alpha": [1, 2, 4, 8, 16], "tau": [1.0], "toxic_weight": [1.5]}
     points = space.grid_points()
     assert len(points) == 5 and points[2] == {"alpha": 4, "tau": 1.0, "toxic_weight": 1.5}
+    assert space.settings == {"scheduler": "fifo"}  # Table 14 needs every alpha trained and evaluated
 
 
 def test_random_axes_and_settings():
@@ -66,3 +77,52 @@ def test_the_shipped_random_space_parses():
     space = load_space(REPO / "tune/spaces/random.yaml")
     assert space.grid == {"alpha": [2, 4, 8]} and set(space.random) == {"tau", "toxic_weight"}
     assert space.settings == {"num_samples": 2}
+
+
+def test_tune_param_space_from_a_space():
+    from ray.tune.search.sample import Float
+
+    cfg = load_config(None, ["seed=7"])
+    space = parse_space({"alpha": [1, 8], "tau": {"loguniform": [0.1, 2.0]}, "num_samples": 3})
+    ps, samples = param_space(space, cfg, sweep_settings(cfg, space))
+    assert ps["alpha"] == {"grid_search": [1, 8]} and isinstance(ps["tau"], Float) and samples == 3
+    assert "seed" not in ps  # random axes already differ between samples
+    # a pure grid repeated: the repeats are seeds, not identical trials
+    grid = parse_space({"alpha": [1, 8], "num_samples": 2})
+    ps, samples = param_space(grid, cfg, sweep_settings(cfg, grid))
+    assert ps["seed"] == {"grid_search": [7, 8]} and samples == 1
+    # without a space file: the config's own sweep grid
+    assert default_space(cfg).grid == {"alpha": [1.0, 2.0, 4.0, 8.0, 16.0], "tau": [1.0], "toxic_weight": [1.5]}
+
+
+def test_trial_config_applies_train_fields_and_seed_and_validates():
+    import numpy as np
+
+    cfg = load_config(None, [])
+    t = trial_config(cfg, {"alpha": np.float64(8.0), "tau": 0.5, "seed": 3})
+    assert (t.train.alpha, t.train.tau, t.seed, type(t.train.alpha)) == (8.0, 0.5, 3, float)
+    assert cfg.train.alpha == 4.0  # the sweep's config is untouched
+    with pytest.raises(ConfigError, match="train.tau"):
+        trial_config(cfg, {"tau": -1.0})
+
+
+@pytest.mark.parametrize("override,key", [("sweep.metric=toxicity", "sweep.metric"),
+                                          ("sweep.val_fraction=1.0", "sweep.val_fraction"),
+                                          ("sweep.reduction_factor=1", "sweep.reduction_factor"),
+                                          ("sweep.alpha=[]", "sweep.alpha")])
+def test_sweep_settings_are_validated(override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(None, [override])
+
+
+def test_best_trial_is_on_the_front_and_best_by_the_select_metric():
+    rows = [{"trial_id": "a", "toxicity": 0.2, "faithfulness": 0.5},
+            {"trial_id": "b", "toxicity": 0.1, "faithfulness": 0.4},
+            {"trial_id": "c", "toxicity": 0.3, "faithfulness": 0.9},
+            {"trial_id": "d", "toxicity": 0.1, "faithfulness": 0.3},   # dominated by b
+            {"trial_id": "e", "toxicity": float("nan"), "faithfulness": float("nan")}]  # stopped early
+    cfg = load_config(None, [])
+    assert best_trial(rows, cfg.sweep)["trial_id"] == "b"
+    cfg = load_config(None, ["sweep.select_metric=faithfulness", "sweep.select_mode=max"])
+    assert best_trial(rows, cfg.sweep)["trial_id"] == "c"
+    assert best_trial(rows[4:], cfg.sweep) is None

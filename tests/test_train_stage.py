@@ -11,9 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from support import REPO, SMOKE
-
-ROWS = 8
-COMMON = [f"data.limit={ROWS}", "train.lr=0.005", "train.warmup_steps=1", "train.groups_per_batch=2"]
+from support import SMOKE_RUN_ARGS as COMMON
+from support import SMOKE_RUN_ROWS as ROWS
 
 
 def _job(args, timeout=900):
@@ -28,11 +27,8 @@ def _history(out):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("train") / "run"
-    r = _job(["--config", str(SMOKE), "--stage", "all", "--output", str(out), *COMMON, "train.epochs=2"])
-    assert r.returncode == 0, r.stderr[-4000:]
-    return out, r
+def run(smoke_run):
+    return smoke_run
 
 
 def test_stage_all_streams_augmentation_into_fsdp2_training(run):

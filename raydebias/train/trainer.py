@@ -183,7 +183,9 @@ def run_train_stage(cfg: Config, out: Any, stream: Any = None, rows: int | None 
         rows = sum(pq.ParquetFile(f).metadata.num_rows for f in out.augmented_dir.glob("*.parquet"))
     if not rows:
         raise RuntimeError("train: no augmented rows to train on")
-    check_resumable(cfg, latest_checkpoint(out.train_dir))
+    previous = latest_checkpoint(out.train_dir)
+    check_resumable(cfg, previous)
+    resumed_from = json.loads((previous / STATE_META).read_text())["step"] if previous else None
     if t.model.startswith("tiny:"):
         # Build the tiny model here, before any worker joins a process group: transformers skips
         # save_pretrained on torch.distributed ranks != 0, so a worker must never be the one to build it.
@@ -226,7 +228,7 @@ def run_train_stage(cfg: Config, out: Any, stream: Any = None, rows: int | None 
     epochs = [h for h in history if h.get("epoch_done")]
     stats = {"groups": rows, "steps": meta["step"], "epochs": len(epochs), "precision": meta["precision"],
              "checkpoint": str(ckpt), "model": str(out.model_dir), "seconds": round(time.perf_counter() - t0, 2),
-             "streamed": streamed, "epoch_metrics": epochs}
+             "streamed": streamed, "resumed_from_step": resumed_from, "epoch_metrics": epochs}
     out.update_stats("train", stats)
     return stats
 

@@ -1,0 +1,92 @@
+"""A 2x2 Ray Tune sweep on the smoke setup (local Ray cluster), killed mid-run and resumed with
+Tuner.restore: 4 trials with metrics, the results table, Table 14, the Pareto front and a best config
+that loads as a config. The augmented groups come from the shared smoke run (read once, not re-augmented)."""
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+from support import REPO, SMOKE, SMOKE_RUN_ROWS, job_env, kill_tree
+
+from raydebias.config import load_config
+
+FAST = ["train.epochs=1", "train.num_workers=1", "train.checkpoint_every_steps=1", "train.groups_per_batch=2",
+        "train.warmup_steps=1", "sweep.max_concurrent_trials=4", "evaluate.limit=2"]
+
+
+def _cmd(out, space):
+    return [sys.executable, str(REPO / "tune/sweep.py"), "--config", str(SMOKE), "--space", str(space),
+            "--output", str(out), *FAST]
+
+
+def test_sweep_2x2_killed_and_restored(smoke_run, tmp_path):
+    src, _ = smoke_run
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copytree(src / "data", out / "data")
+    shutil.copytree(src / "augmented", out / "augmented")
+    augmented = {f.name: f.stat().st_mtime_ns for f in (out / "augmented").glob("*.parquet")}
+    space = tmp_path / "space.yaml"
+    space.write_text("alpha: [1, 8]\ntau: [0.5, 1.0]\n")
+
+    # 1. Kill the whole job (driver + its embedded Ray cluster) once a trial has checkpointed.
+    with open(tmp_path / "first.txt", "w") as log:
+        proc = subprocess.Popen(_cmd(out, space), stdout=log, stderr=subprocess.STDOUT, env=job_env(), cwd=REPO)
+        try:
+            deadline = time.time() + 600
+            while not list((out / "sweep/trials").glob("*/train/run/step-*")):
+                assert proc.poll() is None, (tmp_path / "first.txt").read_text()[-4000:]
+                assert time.time() < deadline, "no trial checkpoint within 10 minutes"
+                time.sleep(0.5)
+        finally:
+            kill_tree(proc.pid, timeout=5)
+    assert not (out / "sweep/results.parquet").exists()
+
+    # 2. The same command again: the Tuner is restored and finishes.
+    r = subprocess.run(_cmd(out, space), capture_output=True, text=True, timeout=900, env=job_env(), cwd=REPO)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert "restoring the interrupted sweep" in r.stderr
+    # the augmented Parquet was read, never rewritten; the split covers every group once
+    assert {f.name: f.stat().st_mtime_ns for f in (out / "augmented").glob("*.parquet")} == augmented
+    train_ids = pq.read_table(out / "sweep/data/train").column("id").to_pylist()
+    val_ids = pq.read_table(out / "sweep/data/val").column("id").to_pylist()
+    assert len(train_ids) + len(val_ids) == SMOKE_RUN_ROWS and not set(train_ids) & set(val_ids) and val_ids
+
+    rows = pq.read_table(out / "sweep/results.parquet").to_pylist()
+    assert sorted((r["alpha"], r["tau"]) for r in rows) == [(1, 0.5), (1, 1.0), (8, 0.5), (8, 1.0)]
+    assert {r["status"] for r in rows} <= {"evaluated", "stopped"}, rows  # ASHA may stop some; none failed
+    evaluated = [r for r in rows if r["status"] == "evaluated"]
+    assert evaluated
+    for r in rows:
+        assert math.isfinite(r["val_l_ce"]) and math.isfinite(r["val_l_cl"]) and r["epochs_done"] == 1
+    for r in evaluated:
+        assert 0 <= r["toxicity"] <= 1 and 0 <= r["faithfulness"] <= 1 and r["eval_rows"] == len(val_ids)
+        trial = out / "sweep/trials" / r["trial_id"]
+        assert (trial / "model/config.json").exists()
+        hist = [json.loads(x) for x in (trial / "train/history.jsonl").read_text().splitlines()]
+        steps = [h["step"] for h in hist if not h.get("epoch_done")]
+        assert steps == list(range(1, len(steps) + 1))  # a resumed trial repeats and skips no step
+    resumed = [json.loads((out / "sweep/trials" / r["trial_id"] / "stats.json").read_text())["train"]
+               ["resumed_from_step"] for r in evaluated]
+    assert any(s for s in resumed), resumed  # the killed trial continued from its checkpoint
+
+    table = (out / "sweep/alpha_table.md").read_text()
+    assert "| alpha | Toxicity | Faithfulness | trials |" in table and "| 1 |" in table and "| 8 |" in table
+    assert (out / "sweep/pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stats = json.loads((out / "stats.json").read_text())["sweep"]
+    front = stats["pareto"]
+    assert front and all(t in (out / "sweep/pareto.md").read_text() for t in front)
+    best = load_config(out / "sweep/best.yaml")
+    chosen = next(r for r in rows if r["trial_id"] == stats["best"]["trial_id"])
+    assert chosen["trial_id"] in front
+    assert (best.train.alpha, best.train.tau) == (chosen["alpha"], chosen["tau"])
+    assert best.train.model == "tiny:gpt2" and best.train.epochs == 1
+
+    # 3. Another space in the same directory is refused (exit 2), not silently mixed in.
+    space.write_text("alpha: [2, 4]\ntau: [0.5, 1.0]\n")
+    r = subprocess.run(_cmd(out, space), capture_output=True, text=True, timeout=300, env=job_env(), cwd=REPO)
+    assert r.returncode == 2 and "another space" in r.stderr, r.stderr[-2000:]
