@@ -550,6 +550,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return _build(Config, tree)
 
 
+def replace_config(cfg: Config, values: dict[str, Any]) -> Config:
+    """``cfg`` with dotted keys set (``{"train.alpha": 8, "seed": 1}``), coerced and validated exactly as a
+    config file's values are (a ConfigError names the key)."""
+    tree = config_to_dict(cfg)
+    for key, value in values.items():
+        _set_dotted(tree, key, value)
+    return _build(Config, tree)
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """Plain nested dict (YAML-serialisable) of a config dataclass."""
     return dataclasses.asdict(cfg)

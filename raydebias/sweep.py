@@ -37,7 +37,15 @@ from typing import Any
 
 import yaml
 
-from raydebias.config import Config, ConfigError, SweepConfig, TrainConfig, config_to_dict, load_config
+from raydebias.config import (
+    Config,
+    ConfigError,
+    SweepConfig,
+    TrainConfig,
+    config_to_dict,
+    load_config,
+    replace_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -206,15 +214,11 @@ def param_space(space: SearchSpace, cfg: Config, settings: SweepConfig) -> tuple
 
 
 def trial_config(cfg: Config, params: dict[str, Any]) -> Config:
-    """The sweep's config with one trial's parameters (train.* fields, and ``seed``)."""
-    import dataclasses
-
-    train = {k: v for k, v in params.items() if k not in TRIAL_KEYS}
-    plain = {k: (v.item() if hasattr(v, "item") else v) for k, v in train.items()}  # numpy scalars from Tune
-    new = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **plain))
-    if "seed" in params:
-        new = dataclasses.replace(new, seed=int(params["seed"]))
-    return new
+    """The sweep's config with one trial's parameters (train.* fields, and ``seed``), coerced and
+    validated like config values (Tune hands numpy scalars and YAML ints for float fields)."""
+    values = {("" if k in TRIAL_KEYS else "train.") + k: (v.item() if hasattr(v, "item") else v)
+              for k, v in params.items()}
+    return replace_config(cfg, values)
 
 
 def _hash_order(ids: Sequence[str], seed: int) -> list[str]:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from support import SMOKE_RUN_ARGS, SMOKE_RUN_ROWS
 
 from raydebias import schema as S
 from raydebias.augment.clean import AUGMENTED_SCHEMA
@@ -16,7 +17,7 @@ from raydebias.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "jobs" / "configs" / "smoke.yaml"
-FAST = ["data.limit=12", "data.eval_source=null", "augment.backtranslate.max_new_tokens=16",
+FAST = ["data.eval_source=null", "augment.backtranslate.max_new_tokens=16",
         "augment.toxic_rewrite.max_new_tokens=16", "augment.low_confidence.max_new_tokens=16",
         "augment.regenerate.max_new_tokens=16"]
 
@@ -31,17 +32,18 @@ def _table(out):
     return pq.read_table(out / "augmented")
 
 
-def test_augment_stage_end_to_end_with_resume(tmp_path):
-    out = tmp_path / "run"
-    r = _job(out)
-    assert r.returncode == 0, r.stderr[-4000:]
-    t = _table(out)
+def test_augment_stage_end_to_end_with_resume(smoke_run, tmp_path):
+    """The augmentation of the shared smoke run (streamed into training; the same pools and writer as
+    --stage augment), then --stage augment resuming it: a finished run is not redone, a killed one
+    (one part lost, one cut short) redoes only the missing rows."""
+    src, _ = smoke_run
+    t = _table(src)
     assert t.schema.equals(AUGMENTED_SCHEMA, check_metadata=False)
     ids = t.column(S.ID).to_pylist()
-    assert len(ids) == len(set(ids)) == 12
-    stats = json.loads((out / "stats.json").read_text())["augment"]
-    assert stats["rows_in"] == stats["rows_out"] == 12
-    assert stats["trainable"] + stats["quarantined"] == 12
+    assert len(ids) == len(set(ids)) == SMOKE_RUN_ROWS
+    stats = json.loads((src / "stats.json").read_text())["augment"]
+    assert stats["rows_in"] == stats["rows_out"] == SMOKE_RUN_ROWS
+    assert stats["trainable"] + stats["quarantined"] == SMOKE_RUN_ROWS
     for op in OP_NAMES:  # every op ran and is accounted for
         s = stats["ops"][op]
         assert s["generated"] == s["kept"] + s["dropped"] == s["kept"] + sum(s["dropped_by_reason"].values())
@@ -55,27 +57,28 @@ def test_augment_stage_end_to_end_with_resume(tmp_path):
     assert all(c["toxicity"] is not None and 0 <= c["toxicity"] <= 1 and c["entities"] is not None for c in cands)
     assert all(c["toxicity"] >= 0.4 for c in cands if c["op"] == "toxic_rewrite")
     assert all(len(c["text"].split()) >= 3 for c in cands if c["op"] != "reference")
-    q = pq.read_table(out / "quarantine" / "augment")
+    q = pq.read_table(src / "quarantine" / "augment")
     assert q.num_rows == stats["quarantined"] and set(q.column("reason").to_pylist()) <= {"untrainable"}
 
-    # Resume: a finished run is not redone; a killed run (one part lost, one part cut short) only redoes
-    # the missing rows, and every source ends up exactly once.
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copytree(src / "data", out / "data")
+    shutil.copytree(src / "augmented", out / "augmented")
     parts = sorted((out / "augmented").glob("*.parquet"))
-    r = _job(out)
+    r = _job(out, *SMOKE_RUN_ARGS)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads((out / "stats.json").read_text())["augment"]["resumed_from"] == 12
+    assert json.loads((out / "stats.json").read_text())["augment"]["resumed_from"] == SMOKE_RUN_ROWS
     assert sorted((out / "augmented").glob("*.parquet")) == parts
     if len(parts) >= 2:
         parts[0].unlink()
         parts[1].write_bytes(parts[1].read_bytes()[:100])
     else:
-        shutil.copy(parts[0], tmp_path / "keep.parquet")
         parts[0].write_bytes(parts[0].read_bytes()[:100])
-    r = _job(out)
+    r = _job(out, *SMOKE_RUN_ARGS)
     assert r.returncode == 0, r.stderr[-3000:]
     again = _table(out).column(S.ID).to_pylist()
     assert sorted(again) == sorted(ids)
-    assert json.loads((out / "stats.json").read_text())["augment"]["resumed_from"] < 12
+    assert json.loads((out / "stats.json").read_text())["augment"]["resumed_from"] < SMOKE_RUN_ROWS
 
 
 class FailingSwap(EntitySwap):

@@ -143,7 +143,7 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(run, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
     args = [sys.executable, str(REPO / "jobs/pipeline.py"), "--config", str(SMOKE), "--stage", "train",
-            "--output", str(out), *COMMON, "train.epochs=3", "train.checkpoint_every_steps=1"]
+            "--output", str(out), *COMMON, "train.epochs=2", "train.checkpoint_every_steps=1"]
     with open(tmp_path / "stderr.txt", "w") as err:
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=REPO)
         try:
@@ -166,5 +166,5 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(run, tmp_path):
     steps = [h["step"] for h in hist if not h.get("epoch_done")]
     assert steps == list(range(1, len(steps) + 1))  # contiguous: nothing repeated, nothing skipped
     epochs = [h for h in hist if h.get("epoch_done")]
-    assert [e["epoch"] for e in epochs] == [0, 1, 2]
+    assert [e["epoch"] for e in epochs] == [0, 1]
     assert all(e["groups_done"] == ROWS for e in epochs)
