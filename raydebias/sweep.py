@@ -420,8 +420,10 @@ def pareto_plot(rows: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]],
     ax.scatter([r["toxicity"] for r in ok], [r["faithfulness"] for r in ok], c="0.6", label="trials")
     ax.plot([r["toxicity"] for r in front], [r["faithfulness"] for r in front], "o-", c="C3", label="Pareto front")
     for r in ok:
-        ax.annotate(f"α={r.get('alpha', '?'):g}" if _num(r.get("alpha")) else r["trial_id"],
-                    (r["toxicity"], r["faithfulness"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        label = " ".join(f"{sym}={r[k]:g}" for k, sym in (("alpha", "α"), ("tau", "τ"), ("toxic_weight", "w"))
+                         if _num(r.get(k)) and len({o.get(k) for o in ok}) > 1) or r["trial_id"]
+        ax.annotate(label, (r["toxicity"], r["faithfulness"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.ticklabel_format(useOffset=False)
     ax.set_xlabel("toxicity (lower is better)")
     ax.set_ylabel("faithfulness (higher is better)")
     ax.set_title("Sweep: toxicity × faithfulness on the validation groups")
