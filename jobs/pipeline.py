@@ -83,7 +83,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                "--help-config lists every key with its default and help.",
     )
     p.add_argument("--config", help="YAML config (e.g. jobs/configs/smoke.yaml); defaults: the paper's values")
-    p.add_argument("--output", help="run directory (created); stages read and write here")
+    p.add_argument("--output", help="run directory (created): a local path or a pyarrow filesystem URI "
+                                    "(s3://bucket/prefix, gs://...); stages read and write here")
     p.add_argument("--stage", default="all", choices=(*STAGES, "augment+train", "all"),
                    help="stage to run (default: all = data, augment streamed into train, evaluate)")
     p.add_argument("--help-config", action="store_true", help="list every config key, default and help, then exit")
@@ -122,11 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         stages = stages_for(args.stage)
         if not args.output:
             raise ConfigError("--output DIR is required")
+        out = RunDir(args.output)
     except (ConfigError, StageNotImplemented) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    out = RunDir(args.output)
     out.write_config(cfg)
     info = init_ray(cfg)
     gpus = use_gpus(cfg.device)

@@ -34,7 +34,9 @@ class ModelLoadError(RuntimeError):
 
 
 def resolve_model(model_id: str) -> str:
-    """`tiny:NAME` -> local directory of the kit's tiny model NAME (built on demand); else unchanged.
+    """`tiny:NAME` -> local directory of the kit's tiny model NAME (built on demand); a filesystem URI
+    (`s3://bucket/run/model`, e.g. a model trained with an object-store --output) -> a local copy
+    cached on this node (`raydebias.storage.fetch`); else unchanged.
 
     Hub ids ("gpt2", "Helsinki-NLP/opus-mt-en-de") and local paths pass through untouched, so
     production behaviour is exactly that of transformers/spaCy. Unknown tiny names raise ValueError.
@@ -45,6 +47,10 @@ def resolve_model(model_id: str) -> str:
         from raydebias import tiny
 
         return str(tiny.ensure(model_id[len(TINY_PREFIX) :]))
+    from raydebias.storage import fetch, is_uri
+
+    if is_uri(model_id):
+        return str(fetch(model_id))
     return model_id
 
 

@@ -25,10 +25,12 @@ the results with ``status = stopped`` and no evaluation.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import logging
 import math
+import posixpath
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -46,6 +48,7 @@ from raydebias.config import (
     load_config,
     replace_config,
 )
+from raydebias.storage import StoragePath
 
 log = logging.getLogger(__name__)
 
@@ -232,18 +235,17 @@ def prepare_sweep_data(cfg: Config, out: Any) -> dict[str, Any]:
     written to ``DIR/sweep/data/{train,val}`` (kept across resumes: every trial of a sweep, and every
     attempt of it, sees the same split). Augments first if ``DIR/augmented`` is incomplete."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     from raydebias.augment.clean import AUGMENTED_SCHEMA
     from raydebias.train.trainer import ensure_augmented
 
     root = out.root / "sweep" / "data"
     split = {name: root / name for name in ("train", "val")}
-    if all(any(p.glob("*.parquet")) for p in split.values()):
-        counts = {name: pq.read_metadata(next(p.glob("*.parquet"))).num_rows for name, p in split.items()}
+    if all(p.complete for p in split.values()):
+        counts = {name: p.parquet_rows() for name, p in split.items()}
         return {"dirs": split, "groups": sum(counts.values()), **counts, "reused": True}
     ensure_augmented(cfg, out, "sweep")
-    table = pq.read_table(out.augmented_dir, schema=AUGMENTED_SCHEMA)
+    table = out.augmented_dir.read_table(schema=AUGMENTED_SCHEMA)
     ids = table.column("id").to_pylist()
     if len(ids) < 2:
         raise ConfigError(f"sweep: {out.augmented_dir} holds {len(ids)} augmented group(s); a sweep needs at "
@@ -276,17 +278,16 @@ def _epoch_report_callback() -> Any:
     return EpochReport()
 
 
-def evaluate_trial(cfg: Config, trial_out: Any, val_dir: Path) -> dict[str, Any]:
+def evaluate_trial(cfg: Config, trial_out: Any, val_dir: StoragePath) -> dict[str, Any]:
     """The trial's model on the validation groups' TL;DR prompts, through the evaluate stage's code
     (same generation and scoring pools, same metrics); the scored rows are kept in ``eval/``."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from raydebias.evaluate import tasks as T
     from raydebias.evaluate.pipeline import run_model
     from raydebias.runtime import use_gpus
 
-    rows = pq.read_table(val_dir).to_pylist()
+    rows = val_dir.read_table().to_pylist()
     requests = pa.Table.from_pylist(T.tldr_requests(rows, cfg.evaluate), schema=T.REQUEST_SCHEMA)
     scored = run_model(requests, str(trial_out.model_dir), cfg, use_gpus(cfg.device))
     if len(scored) != requests.num_rows:
@@ -299,7 +300,7 @@ def evaluate_trial(cfg: Config, trial_out: Any, val_dir: Path) -> dict[str, Any]
             "eval_rows": requests.num_rows}
 
 
-def run_trial(params: dict[str, Any], cfg: Config, root: str) -> None:
+def run_trial(params: dict[str, Any], cfg: Config, root: StoragePath) -> None:
     """One Ray Tune trial: fit a TorchTrainer on the sweep's training groups (epoch reports go to Tune
     with the validation losses), then evaluate the model on the validation groups and report once more.
 
@@ -313,15 +314,15 @@ def run_trial(params: dict[str, Any], cfg: Config, root: str) -> None:
 
     tcfg = trial_config(cfg, params)
     configure_data_context(tcfg)
-    data = Path(root) / "sweep" / "data"
+    data = root / "sweep" / "data"
     trial_id = ray.tune.get_context().get_trial_id()
 
     class TrialDir(RunDir):
         @property
-        def augmented_dir(self) -> Path:  # every trial trains on the sweep's one training split
+        def augmented_dir(self) -> StoragePath:  # every trial trains on the sweep's one training split
             return data / "train"
 
-    tout = TrialDir(Path(root) / "sweep" / "trials" / trial_id)
+    tout = TrialDir(root / "sweep" / "trials" / trial_id)
     tout.write_config(tcfg)
     stats = run_train_stage(tcfg, tout, validation=data / "val", callbacks=(_epoch_report_callback(),),
                             augment_first=False)
@@ -345,18 +346,20 @@ def build_tuner(cfg: Config, out: Any, space: SearchSpace) -> Any:
     settings = sweep_settings(cfg, space)
     storage = out.root / "sweep"
     storage.mkdir(parents=True, exist_ok=True)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, cfg=cfg, root=str(out.root)), {"cpu": 0.01})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, cfg=cfg, root=out.root), {"cpu": 0.01})
     stamp = storage / "sweep.json"
     now = {"space": _space_doc(space), "train": config_to_dict(cfg)["train"], "seed": cfg.seed}
     path = storage / TUNER_NAME
-    if tune.Tuner.can_restore(str(path)):
+    storage_path, storage_fs = storage.ray_storage()
+    if tune.Tuner.can_restore(path.path, storage_filesystem=storage_fs):
         before = json.loads(stamp.read_text()) if stamp.exists() else None
         if before != json.loads(json.dumps(now)):
             raise ConfigError(f"{path} holds a sweep of another space or train config: use a new --output, or "
                               f"delete {storage} to start over")
         log.warning("sweep: restoring the interrupted sweep in %s (finished trials are kept, unfinished ones "
                     "resume from their last checkpoint)", path)
-        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        return tune.Tuner.restore(path.path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                  storage_filesystem=storage_fs)
     stamp.write_text(json.dumps(now, indent=1))
     ps, samples = param_space(space, cfg, settings)
     epochs = cfg.train.epochs
@@ -372,7 +375,7 @@ def build_tuner(cfg: Config, out: Any, space: SearchSpace) -> Any:
         trainable, param_space=ps,
         tune_config=tune.TuneConfig(metric=settings.metric, mode=settings.mode, scheduler=scheduler,
                                     num_samples=samples, max_concurrent_trials=settings.max_concurrent_trials or None),
-        run_config=tune.RunConfig(name=TUNER_NAME, storage_path=str(storage),
+        run_config=tune.RunConfig(name=TUNER_NAME, storage_path=storage_path, storage_filesystem=storage_fs,
                                   failure_config=tune.FailureConfig(max_failures=settings.max_failures)),
     )
 
@@ -396,7 +399,7 @@ def result_rows(grid: Any, space: SearchSpace, cfg: Config) -> list[dict[str, An
         hist = res.metrics_dataframe
         epochs_done = int(hist["epochs_done"].max()) if hist is not None and "epochs_done" in hist else 0
         status = "error" if res.error else "evaluated" if "toxicity" in m else "stopped"
-        row = {"trial_id": m.get("trial_id") or Path(res.path).name, "status": status,
+        row = {"trial_id": m.get("trial_id") or posixpath.basename(res.path.rstrip("/")), "status": status,
                **{k: res.config.get(k, getattr(cfg.train, k, None)) for k in keys},
                "seed": res.config.get("seed", cfg.seed)}
         for c in RESULT_COLUMNS[2:]:
@@ -409,7 +412,7 @@ def result_rows(grid: Any, space: SearchSpace, cfg: Config) -> list[dict[str, An
     return sorted(rows, key=lambda r: [str(r[k]) for k in keys] + [r["trial_id"]])
 
 
-def pareto_plot(rows: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]], dest: Path) -> Path:
+def pareto_plot(rows: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]], dest: StoragePath) -> StoragePath:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -429,8 +432,10 @@ def pareto_plot(rows: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]],
     ax.set_title("Sweep: toxicity × faithfulness on the validation groups")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(dest, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
+    dest.write_bytes(buf.getvalue())
     return dest
 
 
@@ -446,11 +451,10 @@ def _markdown(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 def write_results(cfg: Config, out: Any, space: SearchSpace, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """results.parquet, alpha_table.md, pareto.md + pareto.png, best.yaml under DIR/sweep."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     settings = sweep_settings(cfg, space)
     d = out.root / "sweep"
-    pq.write_table(pa.Table.from_pylist(rows), d / "results.parquet")
+    (d / "results.parquet").write_parquet(pa.Table.from_pylist(rows))
     keys = _param_keys(space)
     (d / "alpha_table.md").write_text(
         "Table 14 layout: mean over the evaluated trials with each alpha, on the validation groups "

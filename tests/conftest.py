@@ -16,6 +16,10 @@ if "RAYDEBIAS_TINY_DIR" not in os.environ:
     import tempfile
 
     os.environ["RAYDEBIAS_TINY_DIR"] = os.path.join(tempfile.mkdtemp(prefix="raydebias-tiny-"), "tiny")
+if "RAYDEBIAS_CACHE" not in os.environ:  # models fetched from object stores (storage.fetch)
+    import tempfile
+
+    os.environ["RAYDEBIAS_CACHE"] = tempfile.mkdtemp(prefix="raydebias-cache-")
 
 from pathlib import Path  # noqa: E402
 
@@ -36,6 +40,61 @@ def ray_local():
         init_ray(load_config(None, ["ray.num_cpus=8"]))  # logical: room for the augment pools
     yield ray
     ray.shutdown()
+
+
+class S3:
+    """A local S3 endpoint (moto's server, in this process) and the environment that points a job at it:
+    pyarrow's S3 filesystem reads the endpoint and the (dummy) credentials from AWS_* variables, as it
+    reads real ones on a cluster."""
+
+    def __init__(self, endpoint: str):
+        self.env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+        self._n = 0
+
+    def bucket(self) -> str:
+        """A new empty bucket, as an ``s3://`` URI."""
+        import boto3
+
+        self._n += 1
+        name = f"raydebias-test-{self._n}"
+        boto3.client("s3", endpoint_url=self.env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                     aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket=name)
+        return f"s3://{name}"
+
+    def upload(self, local: Path, uri: str) -> None:
+        from raydebias.storage import StoragePath
+
+        StoragePath.of(uri).upload(local)
+
+    def download(self, uri: str, local: Path) -> Path:
+        from raydebias.storage import StoragePath
+
+        return StoragePath.of(uri).download(local)
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """One S3 endpoint per session; tests take a fresh bucket each (``s3.bucket()``). The AWS_* variables
+    are set in this process too (jobs started by the tests inherit them)."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    s = S3(f"http://{host}:{port}")
+    saved = {k: os.environ.get(k) for k in s.env}
+    os.environ.update(s.env)
+    yield s
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,6 @@
 """The augment stage end to end on Ray: schema, counts, per-op stats, resume, fault isolation."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from raydebias.augment.clean import AUGMENTED_SCHEMA
 from raydebias.augment.entity_swap import EntitySwap
 from raydebias.augment.pipeline import OP_NAMES, build
 from raydebias.config import load_config
+from raydebias.storage import StoragePath
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "jobs" / "configs" / "smoke.yaml"
@@ -32,10 +32,10 @@ def _table(out):
     return pq.read_table(out / "augmented")
 
 
-def test_augment_stage_end_to_end_with_resume(smoke_run, tmp_path):
+def test_augment_stage_end_to_end_with_resume_on_s3(smoke_run, s3):
     """The augmentation of the shared smoke run (streamed into training; the same pools and writer as
-    --stage augment), then --stage augment resuming it: a finished run is not redone, a killed one
-    (one part lost, one cut short) redoes only the missing rows."""
+    --stage augment), then --stage augment resuming a copy of it in S3 (a local moto endpoint): a finished
+    run is not redone, a killed one (one part lost, one unreadable) redoes only the missing rows."""
     src, _ = smoke_run
     t = _table(src)
     assert t.schema.equals(AUGMENTED_SCHEMA, check_metadata=False)
@@ -60,15 +60,14 @@ def test_augment_stage_end_to_end_with_resume(smoke_run, tmp_path):
     q = pq.read_table(src / "quarantine" / "augment")
     assert q.num_rows == stats["quarantined"] and set(q.column("reason").to_pylist()) <= {"untrainable"}
 
-    out = tmp_path / "run"
-    out.mkdir()
-    shutil.copytree(src / "data", out / "data")
-    shutil.copytree(src / "augmented", out / "augmented")
-    parts = sorted((out / "augmented").glob("*.parquet"))
+    out = StoragePath.of(s3.bucket() + "/run")
+    s3.upload(src / "data", (out / "data").uri)
+    s3.upload(src / "augmented", (out / "augmented").uri)
+    parts = (out / "augmented").glob("*.parquet")
     r = _job(out, *SMOKE_RUN_ARGS)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((out / "stats.json").read_text())["augment"]["resumed_from"] == SMOKE_RUN_ROWS
-    assert sorted((out / "augmented").glob("*.parquet")) == parts
+    assert (out / "augmented").glob("*.parquet") == parts
     if len(parts) >= 2:
         parts[0].unlink()
         parts[1].write_bytes(parts[1].read_bytes()[:100])
@@ -76,9 +75,11 @@ def test_augment_stage_end_to_end_with_resume(smoke_run, tmp_path):
         parts[0].write_bytes(parts[0].read_bytes()[:100])
     r = _job(out, *SMOKE_RUN_ARGS)
     assert r.returncode == 0, r.stderr[-3000:]
-    again = _table(out).column(S.ID).to_pylist()
+    again = (out / "augmented").read_table(columns=[S.ID]).column(S.ID).to_pylist()
     assert sorted(again) == sorted(ids)
-    assert json.loads((out / "stats.json").read_text())["augment"]["resumed_from"] < SMOKE_RUN_ROWS
+    stats = json.loads((out / "stats.json").read_text())["augment"]
+    assert stats["resumed_from"] < SMOKE_RUN_ROWS and stats["rows_out"] == SMOKE_RUN_ROWS
+    assert (out / "quarantine" / "augment").complete
 
 
 class FailingSwap(EntitySwap):

@@ -120,7 +120,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def ray_head(tmp_path):
+def ray_head(tmp_path, s3):
+    # The cluster's processes (and so the jobs it runs) see the S3 endpoint and credentials in their
+    # environment, as a real cluster's nodes get them from their instance profile.
     # Token auth: once ~/.ray/auth_token exists, `ray start` turns it on and clients need
     # RAY_AUTH_MODE=token (ENV.md). Say so explicitly on both sides instead of depending on the home dir.
     env = _env(RAY_AUTH_MODE="token")
@@ -156,11 +158,11 @@ def ray_head(tmp_path):
 
 
 @pytest.mark.cluster
-def test_ray_job_submit_runs_the_data_stage(ray_head, tmp_path):
+def test_ray_job_submit_runs_the_data_stage_into_s3(ray_head, s3, tmp_path):
     address, env = ray_head
-    out = tmp_path / "submitted"
+    out = s3.bucket() + "/submitted"
     cmd = ["ray", "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
-           "python", "jobs/pipeline.py", "--config", "jobs/configs/smoke.yaml", "--stage", "data", "--output", str(out)]
+           "python", "jobs/pipeline.py", "--config", "jobs/configs/smoke.yaml", "--stage", "data", "--output", out]
     deadline = time.time() + 180
     while True:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=420, env=env, cwd=REPO)
@@ -172,4 +174,6 @@ def test_ray_job_submit_runs_the_data_stage(ray_head, tmp_path):
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert "succeeded" in (r.stdout + r.stderr)
     assert "joining Ray cluster" in r.stdout + r.stderr  # the job joined the submitted cluster
-    _check_outputs(out, 100, 20, {})
+    local = s3.download(out, tmp_path / "copy")
+    assert all((local / d / "_SUCCESS").exists() for d in ("data/sources", "data/eval", "quarantine/data"))
+    _check_outputs(local, 100, 20, {})

@@ -1,10 +1,11 @@
-"""A 2x2 Ray Tune sweep on the smoke setup (local Ray cluster), killed mid-run and resumed with
-Tuner.restore: 4 trials with metrics, the results table, Table 14, the Pareto front and a best config
-that loads as a config. The augmented groups come from the shared smoke run (read once, not re-augmented)."""
+"""A 2x2 Ray Tune sweep on the smoke setup (local Ray cluster) writing to S3 (a local moto endpoint),
+killed mid-run and resumed with Tuner.restore: 4 trials with metrics, the results table, Table 14, the
+Pareto front and a best config that loads as a config. The augmented groups come from the shared smoke
+run (read once, not re-augmented). Every output (Tune and Train storage, trial models, results) lives in
+the bucket; trials evaluate their models by fetching them from there."""
 
 import json
 import math
-import shutil
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ import pyarrow.parquet as pq
 from support import REPO, SMOKE, SMOKE_RUN_ROWS, job_env, kill_tree
 
 from raydebias.config import load_config
+from raydebias.storage import StoragePath
 
 FAST = ["train.epochs=1", "train.num_workers=1", "train.checkpoint_every_steps=1", "train.groups_per_batch=2",
         "train.warmup_steps=1", "sweep.max_concurrent_trials=4", "evaluate.limit=2"]
@@ -23,35 +25,40 @@ def _cmd(out, space):
             "--output", str(out), *FAST]
 
 
-def test_sweep_2x2_killed_and_restored(smoke_run, tmp_path):
+def _objects(where: StoragePath) -> dict:
+    return {i.path: (i.size, i.mtime) for i in where.fs.get_file_info([p.path for p in where.glob("*.parquet")])}
+
+
+def test_sweep_2x2_on_s3_killed_and_restored(smoke_run, s3, tmp_path):
     src, _ = smoke_run
-    out = tmp_path / "run"
-    out.mkdir()
-    shutil.copytree(src / "data", out / "data")
-    shutil.copytree(src / "augmented", out / "augmented")
-    augmented = {f.name: f.stat().st_mtime_ns for f in (out / "augmented").glob("*.parquet")}
+    uri = s3.bucket() + "/run"
+    remote = StoragePath.of(uri)
+    s3.upload(src / "data", uri + "/data")
+    s3.upload(src / "augmented", uri + "/augmented")
+    augmented = _objects(remote / "augmented")
     space = tmp_path / "space.yaml"
     space.write_text("alpha: [1, 8]\ntau: [0.5, 1.0]\n")
 
     # 1. Kill the whole job (driver + its embedded Ray cluster) once a trial has checkpointed.
     with open(tmp_path / "first.txt", "w") as log:
-        proc = subprocess.Popen(_cmd(out, space), stdout=log, stderr=subprocess.STDOUT, env=job_env(), cwd=REPO)
+        proc = subprocess.Popen(_cmd(uri, space), stdout=log, stderr=subprocess.STDOUT, env=job_env(), cwd=REPO)
         try:
             deadline = time.time() + 600
-            while not list((out / "sweep/trials").glob("*/train/run/step-*")):
+            while not (remote / "sweep/trials").glob("*/train/run/step-*"):
                 assert proc.poll() is None, (tmp_path / "first.txt").read_text()[-4000:]
                 assert time.time() < deadline, "no trial checkpoint within 10 minutes"
                 time.sleep(0.5)
         finally:
             kill_tree(proc.pid, timeout=5)
-    assert not (out / "sweep/results.parquet").exists()
+    assert not (remote / "sweep/results.parquet").exists()
 
     # 2. The same command again: the Tuner is restored and finishes.
-    r = subprocess.run(_cmd(out, space), capture_output=True, text=True, timeout=900, env=job_env(), cwd=REPO)
+    r = subprocess.run(_cmd(uri, space), capture_output=True, text=True, timeout=900, env=job_env(), cwd=REPO)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert "restoring the interrupted sweep" in r.stderr
     # the augmented Parquet was read, never rewritten; the split covers every group once
-    assert {f.name: f.stat().st_mtime_ns for f in (out / "augmented").glob("*.parquet")} == augmented
+    assert _objects(remote / "augmented") == augmented
+    out = s3.download(uri, tmp_path / "copy")  # the rest is checked on a local copy of the bucket
     train_ids = pq.read_table(out / "sweep/data/train").column("id").to_pylist()
     val_ids = pq.read_table(out / "sweep/data/val").column("id").to_pylist()
     assert len(train_ids) + len(val_ids) == SMOKE_RUN_ROWS and not set(train_ids) & set(val_ids) and val_ids
@@ -88,5 +95,5 @@ def test_sweep_2x2_killed_and_restored(smoke_run, tmp_path):
 
     # 3. Another space in the same directory is refused (exit 2), not silently mixed in.
     space.write_text("alpha: [2, 4]\ntau: [0.5, 1.0]\n")
-    r = subprocess.run(_cmd(out, space), capture_output=True, text=True, timeout=300, env=job_env(), cwd=REPO)
+    r = subprocess.run(_cmd(uri, space), capture_output=True, text=True, timeout=300, env=job_env(), cwd=REPO)
     assert r.returncode == 2 and "another space" in r.stderr, r.stderr[-2000:]

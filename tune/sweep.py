@@ -43,7 +43,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                 epilog="Overrides: trailing key.sub=value arguments (train.epochs=2 sweep.max_concurrent_trials=2).")
     p.add_argument("--config", help="YAML config (e.g. jobs/configs/smoke.yaml)")
     p.add_argument("--space", help="search space YAML (tune/spaces/*.yaml); default: the config's sweep grid")
-    p.add_argument("--output", help="run directory: the sweep writes DIR/sweep, and reuses DIR/augmented")
+    p.add_argument("--output", help="run directory, a local path or a filesystem URI (s3://bucket/prefix): "
+                                    "the sweep writes DIR/sweep, and reuses DIR/augmented")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     return p.parse_args(argv)
@@ -58,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         space = load_space(args.space) if args.space else None
         if not args.output:
             raise ConfigError("--output DIR is required")
+        out = RunDir(args.output)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = RunDir(args.output)
     init_ray(cfg)
     try:
         summary = run_sweep(cfg, out, space)

@@ -22,21 +22,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
-import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from raydebias import schema as S
 from raydebias.augment.candidates import DROPS
 from raydebias.augment.clean import AUGMENTED_SCHEMA, NEGATIVES, POSITIVES, TRAINABLE, Finalize, add_reference
 from raydebias.config import AugmentConfig, Config, OpResources
+from raydebias.storage import StoragePath
 
 log = logging.getLogger(__name__)
 
@@ -122,14 +120,12 @@ def build(sources: Any, cfg: Config, use_gpu: bool, classes: dict[str, type] | N
 # --------------------------------------------------------------------------------------------------
 
 
-def finished_ids(out_dir: Path) -> set[str]:
+def finished_ids(out_dir: str | Path | StoragePath) -> set[str]:
     """Ids already in ``augmented/``; part files that cannot be read (cut short by a kill) are removed."""
     done: set[str] = set()
-    if not out_dir.exists():
-        return done
-    for f in sorted(out_dir.glob("*.parquet")):
+    for f in StoragePath.of(out_dir).glob("*.parquet"):
         try:
-            ids = pq.read_table(f, columns=[S.ID]).column(S.ID).to_pylist()
+            ids = f.read_table(columns=[S.ID]).column(S.ID).to_pylist()
         except Exception as e:  # noqa: BLE001 - a truncated/corrupt part: its rows are simply redone
             log.warning("augment: removing unreadable part %s (%s); its rows will be redone", f.name, e)
             f.unlink()
@@ -176,12 +172,12 @@ def merge_counts(parts: list[dict[str, Any]], rows_in: int) -> dict[str, Any]:
             "ops": per_op}
 
 
-def _iter_parts(path: Path, columns: list[str]):
-    for f in sorted(path.glob("*.parquet")):
-        yield from pq.ParquetFile(f).iter_batches(batch_size=4096, columns=columns)
+def _iter_parts(path: StoragePath, columns: list[str]):
+    for f in path.glob("*.parquet"):
+        yield from f.parquet_file().iter_batches(batch_size=4096, columns=columns)
 
 
-def _stats_of(path: Path, rows_in: int) -> dict[str, Any]:
+def _stats_of(path: StoragePath, rows_in: int) -> dict[str, Any]:
     # Bookkeeping over the written parts, streamed on the driver: a Ray execution per pass cost ~25 s
     # of scheduling on small clusters for what is a column scan.
     cols = [S.ID, TRAINABLE, POSITIVES, NEGATIVES, DROPS]
@@ -228,19 +224,19 @@ def prepare_augment(cfg: Config, out: Any) -> AugmentRun:
     from raydebias.runtime import use_gpus
 
     src = out.sources_dir("train")
-    if not src.exists():
+    if not src.complete:
         from raydebias.data import run_data_stage
 
-        log.info("augment: %s does not exist yet: running the data stage first", src)
+        log.info("augment: %s is missing or incomplete: running the data stage first", src)
         run_data_stage(cfg, out)
-    rows_in = sum(pq.ParquetFile(f).metadata.num_rows for f in src.glob("*.parquet"))
+    rows_in = src.parquet_rows()
     done = finished_ids(out.augmented_dir)
     gpu = use_gpus(cfg.device)
     if not gpu:
         log.info("augment: device=%s -> every pool runs on CPU resources (num_gpus=0)", cfg.device)
     pending = None
     if rows_in - len(done) > 0:
-        pending = ray.data.read_parquet(str(src))
+        pending = ray.data.read_parquet(src.path, filesystem=src.fs)
         if done:
             log.info("augment: resuming: %d of %d sources already written, %d to go", len(done), rows_in,
                      rows_in - len(done))
@@ -251,21 +247,18 @@ def prepare_augment(cfg: Config, out: Any) -> AugmentRun:
     return AugmentRun(rows_in, done, pending, gpu, time.perf_counter())
 
 
-def write_part(batch: pa.Table, dest: str) -> pa.Table:
+def write_part(batch: pa.Table, dest: StoragePath) -> pa.Table:
     """Pass-through: write a batch of augmented rows as one part file, atomically, and hand it on.
 
     Used when augmentation streams into training: the rows reach the trainer and ``DIR/augmented`` at
     once. The file name derives from the batch's ids, so a retried task rewrites the same file instead of
-    duplicating rows; the temporary name does not end in .parquet, so readers never see a partial part.
+    duplicating rows; the file is written whole (StoragePath.write_bytes), so readers never see a part.
     """
     if batch.num_rows == 0:
         return batch
     ids = batch.column(S.ID).to_pylist()
     name = "part-" + hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:20] + ".parquet"
-    final = Path(dest) / name
-    tmp = final.with_name(f".{name}.tmp-{uuid.uuid4().hex[:8]}")
-    pq.write_table(batch, tmp)
-    os.replace(tmp, final)
+    (dest / name).write_parquet(batch)
     return batch
 
 
@@ -277,8 +270,8 @@ class SkipWritten:
     augmented and written a second time.
     """
 
-    def __init__(self, dest: str):
-        self.done = frozenset(finished_ids(Path(dest)))
+    def __init__(self, dest: StoragePath):
+        self.done = frozenset(finished_ids(dest))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if not self.done:
@@ -300,11 +293,12 @@ def augment_stream(cfg: Config, out: Any, run: AugmentRun, written: Any) -> Any:
 
     dest = out.augmented_dir
     dest.mkdir(parents=True, exist_ok=True)
-    sources = ray.data.read_parquet(str(out.sources_dir("train"))).map_batches(
+    src = out.sources_dir("train")
+    sources = ray.data.read_parquet(src.path, filesystem=src.fs).map_batches(
         SkipWritten, batch_format="pyarrow", num_cpus=0.1, compute=ActorPoolStrategy(size=1),
-        fn_constructor_kwargs={"dest": str(dest)})
+        fn_constructor_kwargs={"dest": dest})
     fresh = build(sources, cfg, run.gpu).map_batches(write_part, batch_format="pyarrow", num_cpus=0.1,
-                                                     fn_kwargs={"dest": str(dest)})
+                                                     fn_kwargs={"dest": dest})
     return written.union(fresh)
 
 
@@ -344,7 +338,8 @@ def run_augment_stage(cfg: Config, out: Any) -> dict[str, Any]:
         dest = out.augmented_dir
         dest.mkdir(parents=True, exist_ok=True)
         try:
-            build(run.pending, cfg, run.gpu).write_parquet(str(dest), ray_remote_args={"num_cpus": 0.1})
+            build(run.pending, cfg, run.gpu).write_parquet(dest.path, filesystem=dest.fs,
+                                                            ray_remote_args={"num_cpus": 0.1})
         except Exception as e:
             if (err := pool_start_error(cfg, run.gpu, e)) is not None:
                 raise err from e

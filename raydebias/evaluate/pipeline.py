@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from raydebias import schema as S
 from raydebias.config import Config, ConfigError, EvalConfig, ToxicityConfig, config_to_dict
@@ -172,11 +173,11 @@ def build_requests(cfg: Config, out: Any) -> tuple[pa.Table, list[dict[str, Any]
     rows_in: dict[str, int] = {}
     if "tldr" in e.tasks:
         src = out.sources_dir("eval")
-        if not src.exists():
+        if not src.complete:
             from raydebias.data import run_data_stage
 
             run_data_stage(cfg, out)
-        held = pq.read_table(src).to_pylist() if any(src.glob("*.parquet")) else []
+        held = src.read_table().to_pylist() if src.glob("*.parquet") else []
         r = T.tldr_requests(held, e)
         reqs += r
         rows_in["tldr"] = len(r)  # the data stage already quarantined bad rows (quarantine/data)
@@ -225,8 +226,8 @@ def run_model(requests: pa.Table, model: str, cfg: Config, use_gpu: bool) -> lis
 def models_to_evaluate(cfg: Config, out: Any) -> dict[str, str]:
     """{"model": id/path, "base": id/path} (base omitted when evaluate.base is 'none')."""
     e = cfg.evaluate
-    model = e.model or str(out.model_dir)
-    if e.model is None and not (out.model_dir / "config.json").exists():
+    model = e.model or str(out.model_dir)  # an object-store URI is fetched by each actor (models.resolve_model)
+    if e.model is None and not out.model_dir.complete:
         raise ConfigError(f"evaluate: no trained model in {out.model_dir}: run --stage train first, or pass "
                           "model=PATH_OR_ID (evaluate.model)")
     base = e.base or cfg.train.model
@@ -254,9 +255,10 @@ def run_evaluate_stage(cfg: Config, out: Any) -> dict[str, Any]:
     counts = {t: {"rows_in": n, "kept": n - sum(q.get(t, {}).values()), "quarantined": q.get(t, {})}
               for t, n in rows_in.items()}
     metrics = {"models": results, "counts": counts, "config": config_to_dict(cfg)["evaluate"]}
-    eval_dir.mkdir(parents=True, exist_ok=True)
     (eval_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
-    write_report(metrics, eval_dir)
+    with tempfile.TemporaryDirectory(prefix="raydebias-report-") as tmp:
+        write_report(metrics, Path(tmp))
+        eval_dir.put_files(Path(tmp))
     out.write_table(_quarantine_table(bad), out.quarantine_dir("evaluate"))
     stats = {"models": {k: v["id"] for k, v in results.items()}, "requests": requests.num_rows, "counts": counts,
              "seconds": round(time.perf_counter() - t0, 2), "report": str(eval_dir / "report.md")}

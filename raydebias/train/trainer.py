@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from raydebias.config import Config, ConfigError, config_to_dict
+from raydebias.storage import StoragePath
 from raydebias.train.loop import STATE_META, STATE_WEIGHTS, STREAM, TRAIN, VAL, train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -33,7 +32,7 @@ RESUME_KEYS = ("model", "proj_dim", "lr", "alpha", "tau", "toxic_weight", "toxic
                "groups_per_batch", "max_positives", "max_negatives", "max_length")
 
 
-def parts_dataset(path: Path) -> Any:
+def parts_dataset(path: StoragePath) -> Any:
     """The Parquet parts of ``path`` as a Ray dataset, LISTED WHEN IT EXECUTES, not when it is created.
 
     In streamed training the parts are still being written while the trainer starts; epochs 1+ must see
@@ -47,7 +46,7 @@ def parts_dataset(path: Path) -> Any:
     from raydebias.augment.clean import AUGMENTED_SCHEMA
 
     class AugmentedParts(Datasource):
-        def __init__(self, root: str):
+        def __init__(self, root: StoragePath):
             self.root = root
 
         def estimate_inmemory_data_size(self) -> int | None:
@@ -55,14 +54,13 @@ def parts_dataset(path: Path) -> Any:
 
         def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                            data_context: Any = None) -> list[ReadTask]:
-            files = sorted(str(f) for f in Path(self.root).glob("*.parquet"))
-            return [ReadTask(lambda f=f: [pq.read_table(f, schema=AUGMENTED_SCHEMA)],
-                             BlockMetadata(num_rows=pq.ParquetFile(f).metadata.num_rows, size_bytes=None,
-                                           input_files=[f], exec_stats=None),
+            return [ReadTask(lambda f=f: [f.read_table(schema=AUGMENTED_SCHEMA)],
+                             BlockMetadata(num_rows=f.parquet_rows(), size_bytes=None, input_files=[str(f)],
+                                           exec_stats=None),
                              schema=AUGMENTED_SCHEMA, per_task_row_limit=per_task_row_limit)
-                    for f in files]
+                    for f in self.root.glob("*.parquet")]
 
-    return ray.data.read_datasource(AugmentedParts(str(path)))
+    return ray.data.read_datasource(AugmentedParts(StoragePath.of(path)))
 
 
 def data_config() -> Any:
@@ -84,13 +82,13 @@ def data_config() -> Any:
     return GroupDataConfig()
 
 
-def latest_checkpoint(train_dir: Path) -> Path | None:
-    """The newest checkpoint directory on disk (by step; names are step-NNNNNNN-<unique>)."""
+def latest_checkpoint(train_dir: StoragePath) -> StoragePath | None:
+    """The newest checkpoint directory in storage (by step; names are step-NNNNNNN-<unique>)."""
     metas = sorted((train_dir / RUN_NAME).glob(f"step-*/{STATE_META}"), key=lambda p: p.parent.name.split("-")[1])
     return metas[-1].parent if metas else None
 
 
-def check_resumable(cfg: Config, ckpt: Path | None) -> None:
+def check_resumable(cfg: Config, ckpt: StoragePath | None) -> None:
     """Refuse to resume a checkpoint trained with different settings (a new output dir is needed)."""
     if ckpt is None:
         return
@@ -102,13 +100,13 @@ def check_resumable(cfg: Config, ckpt: Path | None) -> None:
                           "use a new --output directory, or delete that train/ directory to start over")
 
 
-def export_model(ckpt: Path, cfg: Config, dest: Path) -> Path:
-    """The checkpoint's LM as a ``save_pretrained`` directory (+ tokenizer, + projection head)."""
+def export_model(ckpt: Path, cfg: Config, dest: StoragePath) -> StoragePath:
+    """The checkpoint's LM (a local checkpoint directory) as a ``save_pretrained`` directory (+ tokenizer,
+    + projection head) at ``dest``, committed as a whole."""
     import torch
     from safetensors.torch import load_file
 
     from raydebias.models import load_model
-    from raydebias.outputs import replace_dir
     from raydebias.train.model import hidden_size_of, save_head
 
     lm, tok = load_model(cfg.train.model, "causal_lm", device="cpu", dtype=torch.float32)
@@ -122,11 +120,10 @@ def export_model(ckpt: Path, cfg: Config, dest: Path) -> Path:
     meta = json.loads((ckpt / STATE_META).read_text())
     if meta.get("precision") in ("bf16", "fp16"):
         lm.to(torch.bfloat16 if meta["precision"] == "bf16" else torch.float16)
-    tmp = dest.with_name(f".{dest.name}.tmp-{int(time.time() * 1e6)}")
-    lm.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    save_head(head_sd, tmp, hidden_size_of(lm), cfg.train.proj_dim)
-    replace_dir(tmp, dest)
+    with dest.replacing_local() as tmp:
+        lm.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        save_head(head_sd, tmp, hidden_size_of(lm), cfg.train.proj_dim)
     return dest
 
 
@@ -136,7 +133,7 @@ def ensure_augmented(cfg: Config, out: Any, who: str) -> None:
     from raydebias.augment.pipeline import finished_ids, run_augment_stage
 
     src = out.sources_dir("train")
-    src_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in src.glob("*.parquet")) if src.exists() else None
+    src_rows = src.parquet_rows() if src.complete else None
     if src_rows is None or len(finished_ids(out.augmented_dir)) < src_rows:
         log.info("%s: %s is missing or incomplete: running the augment stage first", who, out.augmented_dir)
         run_augment_stage(cfg, out)
@@ -161,7 +158,7 @@ def _resources_note(cfg: Config, streamed: bool) -> None:
 
 
 def run_train_stage(cfg: Config, out: Any, stream: Any = None, rows: int | None = None, *,
-                    validation: Path | None = None, callbacks: tuple = (), augment_first: bool = True
+                    validation: StoragePath | None = None, callbacks: tuple = (), augment_first: bool = True
                     ) -> dict[str, Any]:
     """Train on ``out.augmented_dir`` (staged) or on ``stream``, the live augmentation dataset (streamed).
 
@@ -180,7 +177,7 @@ def run_train_stage(cfg: Config, out: Any, stream: Any = None, rows: int | None 
     if not streamed and augment_first:
         ensure_augmented(cfg, out, "train")
     if not streamed:
-        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in out.augmented_dir.glob("*.parquet"))
+        rows = out.augmented_dir.parquet_rows()
     if not rows:
         raise RuntimeError("train: no augmented rows to train on")
     previous = latest_checkpoint(out.train_dir)
@@ -194,6 +191,7 @@ def run_train_stage(cfg: Config, out: Any, stream: Any = None, rows: int | None 
         resolve_model(t.model)
     _resources_note(cfg, streamed)
     gpu = use_gpus(cfg.device)
+    storage_path, storage_fs = out.train_dir.ray_storage()
     datasets = {TRAIN: parts_dataset(out.augmented_dir)}
     if streamed:
         datasets[STREAM] = stream
@@ -205,7 +203,7 @@ def run_train_stage(cfg: Config, out: Any, stream: Any = None, rows: int | None 
                            "train_config": config_to_dict(cfg)["train"]},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if gpu else {})}),
-        run_config=RunConfig(name=RUN_NAME, storage_path=str(out.train_dir),
+        run_config=RunConfig(name=RUN_NAME, storage_path=storage_path, storage_filesystem=storage_fs,
                              failure_config=FailureConfig(max_failures=t.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
                              callbacks=list(callbacks)),
@@ -220,11 +218,12 @@ def run_train_stage(cfg: Config, out: Any, stream: Any = None, rows: int | None 
         raise result.error
     if result.checkpoint is None:
         raise RuntimeError(f"train: the run finished without a checkpoint in {out.train_dir}")
-    ckpt = Path(result.checkpoint.path)  # the latest checkpoint Ray Train registered (complete by then)
-    meta = json.loads((ckpt / STATE_META).read_text())
+    ckpt = out.train_dir.at(result.checkpoint.path)  # the latest one Ray Train registered (complete by then)
+    with result.checkpoint.as_directory() as local:  # a download only when storage is remote
+        meta = json.loads((Path(local) / STATE_META).read_text())
+        export_model(Path(local), cfg, out.model_dir)
     history = meta.pop("history")
     (out.train_dir / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
-    export_model(ckpt, cfg, out.model_dir)
     epochs = [h for h in history if h.get("epoch_done")]
     stats = {"groups": rows, "steps": meta["step"], "epochs": len(epochs), "precision": meta["precision"],
              "checkpoint": str(ckpt), "model": str(out.model_dir), "seconds": round(time.perf_counter() - t0, 2),
