@@ -87,8 +87,9 @@ class RayConfig:
 class DataConfig:
     source: str = _f(
         "CarperAI/openai_summarize_tldr",
-        "Training source rows: a local file, directory or glob (JSONL/JSON/Parquet/CSV), "
-        "'sample:<name>' for data shipped in raydebias/samples, or a Hugging Face dataset id.",
+        "Training source rows: a local file, directory or glob (JSONL/JSON/Parquet/CSV), a file or prefix "
+        "on an object store (s3://bucket/tldr/, any pyarrow filesystem URI), 'sample:<name>' for data "
+        "shipped in raydebias/samples, or a Hugging Face dataset id.",
     )
     split: str = _f("train", "Split to load when `source` is a Hugging Face dataset id.")
     eval_source: str | None = _f(

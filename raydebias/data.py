@@ -80,7 +80,12 @@ def base_ext(path: str) -> str:
 
 
 def resolve_source(source: str, split: str = "train") -> list[str] | HubSource:
-    """Turn ``data.source`` into a sorted list of local files, or a :class:`HubSource`."""
+    """Turn ``data.source`` into a sorted list of files (local paths, or URIs for a source on an object
+    store such as ``s3://bucket/tldr/``), or a :class:`HubSource`."""
+    from raydebias.storage import is_uri
+
+    if is_uri(source):
+        return _files_in_storage(source)
     if source.startswith(SAMPLE_PREFIX):
         name = source[len(SAMPLE_PREFIX):].strip("/")
         root = SAMPLES_DIR / name
@@ -105,6 +110,33 @@ def resolve_source(source: str, split: str = "train") -> list[str] | HubSource:
     if _HF_ID.match(source):
         return HubSource(source, split)
     raise DataError(f"data source {source!r} is neither an existing path nor a Hugging Face dataset id")
+
+
+def _files_in_storage(source: str) -> list[str]:
+    """The readable files at a filesystem URI: the file itself, or every one under the prefix (recursive,
+    ``.``/``_``-prefixed names skipped), as URIs that :func:`open_input` opens."""
+    import pyarrow.fs as pafs
+
+    from raydebias.storage import StorageError, StoragePath
+
+    try:
+        root = StoragePath.of(source)
+        kind = root.fs.get_file_info(root.path).type
+        if kind == pafs.FileType.File:
+            infos = [root.fs.get_file_info(root.path)]
+        elif kind == pafs.FileType.Directory:
+            infos = root.fs.get_file_info(pafs.FileSelector(root.path, recursive=True))
+        else:
+            raise DataError(f"data source {source!r} does not exist (URIs name a file or a prefix; no globs)")
+    except (StorageError, OSError) as e:
+        raise DataError(f"cannot read data source {source!r}: {e}") from e
+    if kind == pafs.FileType.File and base_ext(root.path) not in _EXTENSIONS:
+        raise DataError(f"cannot read {source!r}: unsupported file type (use one of {', '.join(_EXTENSIONS)})")
+    files = sorted(root.at(i.path).uri for i in infos if i.type == pafs.FileType.File
+                   and base_ext(i.base_name) in _EXTENSIONS and not i.base_name.startswith((".", "_")))
+    if not files:
+        raise DataError(f"data source {source!r} holds no {'/'.join(_EXTENSIONS)} files")
+    return files
 
 
 def _files_under(root: Path, label: str) -> list[str]:
@@ -277,6 +309,15 @@ def _make_datasource(paths: list[str]):
     # Defined lazily so that importing raydebias.data does not import Ray.
     from ray.data.datasource import FileBasedDatasource
 
+    # Ray hands _read_stream the path inside the filesystem (s3://b/k -> b/k); records name their file
+    # as the source listed it (the URI), which is also how layouts and counts are keyed.
+    names = {(p.split("://", 1)[1].split("?", 1)[0] if "://" in p else p): p for p in paths}
+
+    def name_of(path: str) -> str:
+        if path in names:
+            return names[path]
+        return next((n for k, n in names.items() if k.endswith(path)), path)  # e.g. hdfs://host:port/p -> /p
+
     class RecordDatasource(FileBasedDatasource):
         """Streams TL;DR files as (file, line, raw JSON) records; one read task per file."""
 
@@ -286,6 +327,7 @@ def _make_datasource(paths: list[str]):
             return super()._open_input_source(filesystem, path, **open_args)
 
         def _read_stream(self, f, path):
+            path = name_of(path)
             rows: list[tuple[int, bytes]] = []
             try:
                 for rec in iter_raw_records(f, path):

@@ -164,6 +164,32 @@ def test_resolve_source_forms(tmp_path):
         resolve_source(str(tmp_path / "notes.txt"))
 
 
+def test_sources_on_an_object_store(s3, tmp_path):
+    """A data source on S3 (a local moto endpoint): a prefix lists its data files recursively as URIs,
+    which open and detect like local files (JSONL, gzipped, Parquet)."""
+    from raydebias.storage import StoragePath
+
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    write_jsonl(src / "a.jsonl", [carper()])
+    (src / "sub" / "b.jsonl.gz").write_bytes(gzip.compress(json.dumps(webis()).encode() + b"\n"))
+    pq.write_table(pa.Table.from_pylist([{"prompt": "POST: x\nTL;DR:", "label": "y"}]), src / "sub" / "c.parquet")
+    (src / "notes.txt").write_text("not data")
+    (src / "_SUCCESS").write_text("")
+    uri = s3.bucket() + "/tldr"
+    StoragePath.of(uri).upload(src)
+    files = resolve_source(uri)
+    assert files == [f"{uri}/a.jsonl", f"{uri}/sub/b.jsonl.gz", f"{uri}/sub/c.parquet"]
+    assert [detect_layout(f) for f in files] == ["carper", "webis", "carper"]
+    assert resolve_source(f"{uri}/a.jsonl") == [f"{uri}/a.jsonl"]
+    with pytest.raises(DataError, match="does not exist"):
+        resolve_source(f"{uri}/missing.jsonl")
+    with pytest.raises(DataError, match="unsupported file type"):
+        resolve_source(f"{uri}/notes.txt")
+    with pytest.raises(DataError, match="cannot read data source 'nope://x'"):
+        resolve_source("nope://x")
+
+
 def test_detect_layout_each_format(tmp_path):
     assert detect_layout(str(write_jsonl(tmp_path / "c.jsonl", [carper()]))) == "carper"
     assert detect_layout(str(write_jsonl(tmp_path / "w.json", [webis()]))) == "webis"

@@ -158,11 +158,14 @@ def ray_head(tmp_path, s3):
 
 
 @pytest.mark.cluster
-def test_ray_job_submit_runs_the_data_stage_into_s3(ray_head, s3, tmp_path):
+def test_ray_job_submit_runs_the_data_stage_from_and_into_s3(ray_head, s3, tmp_path):
     address, env = ray_head
-    out = s3.bucket() + "/submitted"
+    bucket = s3.bucket()
+    s3.upload(REPO / "raydebias/samples/tldr", bucket + "/tldr")
+    out = bucket + "/submitted"
     cmd = ["ray", "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
-           "python", "jobs/pipeline.py", "--config", "jobs/configs/smoke.yaml", "--stage", "data", "--output", out]
+           "python", "jobs/pipeline.py", "--config", "jobs/configs/smoke.yaml", "--stage", "data", "--output", out,
+           f"data.source={bucket}/tldr/train", f"data.eval_source={bucket}/tldr/heldout"]
     deadline = time.time() + 180
     while True:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=420, env=env, cwd=REPO)
@@ -177,3 +180,5 @@ def test_ray_job_submit_runs_the_data_stage_into_s3(ray_head, s3, tmp_path):
     local = s3.download(out, tmp_path / "copy")
     assert all((local / d / "_SUCCESS").exists() for d in ("data/sources", "data/eval", "quarantine/data"))
     _check_outputs(local, 100, 20, {})
+    files = json.loads((local / "stats.json").read_text())["data"]["train"]["files"]
+    assert sorted(files) == [f"{bucket}/tldr/train/{n}" for n in ("carper-a.jsonl", "carper-b.jsonl", "webis.jsonl")]

@@ -211,6 +211,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         scaler = ShardedGradScaler()
 
     step, epoch, consumed, history, epoch_steps = 0, 0, set(), [], None
+    resumes: list[dict] = []  # every (re)start from a checkpoint: a new job run, or a worker-group restart
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
@@ -222,6 +223,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             scaler.load_state_dict(state["scaler"])
         step, epoch, consumed, history = state["step"], state["epoch"], set(state["consumed"]), state["history"]
         epoch_steps = state.get("epoch_steps")
+        resumes = [*state.get("resumes", []), {"step": step, "epoch": epoch, "epoch_done": state["epoch_done"],
+                                                "groups_done": len(consumed), "world_size": world}]
         if state["epoch_done"]:
             epoch, consumed = epoch + 1, set()
         if rank == 0:
@@ -241,7 +244,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 save_state(Path(tmp), model_sd, optim_sd, scheduler, scaler,
                            {"step": step, "epoch": epoch, "epoch_done": epoch_done, "consumed": done,
                             "precision": precision, "epoch_steps": epoch_steps, "train_config": loop_config["train_config"],
-                            "history": history})
+                            "history": history, "resumes": resumes})
                 # A unique name per report: after a restart the same step is checkpointed again, and Ray's
                 # checkpoint manager would otherwise register one directory twice and later delete it twice.
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),

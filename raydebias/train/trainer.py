@@ -227,7 +227,8 @@ def run_train_stage(cfg: Config, out: Any, stream: Any = None, rows: int | None 
     epochs = [h for h in history if h.get("epoch_done")]
     stats = {"groups": rows, "steps": meta["step"], "epochs": len(epochs), "precision": meta["precision"],
              "checkpoint": str(ckpt), "model": str(out.model_dir), "seconds": round(time.perf_counter() - t0, 2),
-             "streamed": streamed, "resumed_from_step": resumed_from, "epoch_metrics": epochs}
+             "streamed": streamed, "resumed_from_step": resumed_from, "resumes": meta.get("resumes", []),
+             "epoch_metrics": epochs}
     out.update_stats("train", stats)
     return stats
 
