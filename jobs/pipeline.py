@@ -29,7 +29,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from raydebias.augment.pipeline import (  # noqa: E402
-    PoolStartError,
     augment_stream,
     finish_augment,
     pool_start_error,
@@ -37,10 +36,10 @@ from raydebias.augment.pipeline import (  # noqa: E402
     run_augment_stage,
 )
 from raydebias.config import ConfigError, describe, load_config  # noqa: E402
-from raydebias.data import DataError, run_data_stage  # noqa: E402
+from raydebias.data import run_data_stage  # noqa: E402
 from raydebias.evaluate.pipeline import run_evaluate_stage  # noqa: E402
 from raydebias.outputs import RunDir  # noqa: E402
-from raydebias.runtime import init_ray, use_gpus  # noqa: E402
+from raydebias.runtime import init_ray, job_exit_code, use_gpus  # noqa: E402
 from raydebias.train.trainer import parts_dataset, run_train_stage  # noqa: E402
 
 log = logging.getLogger("raydebias.job")
@@ -144,15 +143,11 @@ def main(argv: list[str] | None = None) -> int:
             stats = IMPLEMENTED[stage](cfg, out)
             timings[stage] = round(time.perf_counter() - t0, 2)
             print(json.dumps({"stage": stage, "seconds": timings[stage], "stats": _summary(stats)}))
-    except DataError as e:
+    except Exception as e:
+        if (code := job_exit_code(e)) is None:
+            raise
         print(f"error: {e}", file=sys.stderr)
-        return 3
-    except PoolStartError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 4
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return code
     log.info("done in %s; outputs under %s", timings, out.root)
     return 0
 

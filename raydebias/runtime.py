@@ -25,6 +25,18 @@ _WORKER_ENV_KEYS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLI
                     "RAYDEBIAS_PROGRESS")
 
 
+def job_exit_code(e: BaseException) -> int | None:
+    """The exit code a job (jobs/pipeline.py, tune/sweep.py) reports ``e`` with, as one ``error:`` line:
+    2 bad config or storage, 3 unreadable input data, 4 an actor pool the cluster cannot start.
+    None: not an expected failure (let it raise with its traceback)."""
+    from raydebias.augment.pipeline import PoolStartError
+    from raydebias.config import ConfigError
+    from raydebias.data import DataError
+
+    codes = ((ConfigError, 2), (DataError, 3), (PoolStartError, 4))
+    return next((code for kind, code in codes if isinstance(e, kind)), None)
+
+
 def use_gpus(device: str) -> bool:
     """Whether stages request GPUs from Ray. ``auto`` looks at the DRIVER machine only."""
     if device == "gpu":

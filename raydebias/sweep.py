@@ -153,18 +153,19 @@ def _num(v: Any) -> bool:
 def alpha_table(rows: Sequence[dict[str, Any]], by: str = "alpha",
                 columns: Sequence[str] = ("toxicity", "faithfulness")) -> str:
     """The paper's Table 14: one line per value of ``by`` (mean over trials sharing it), as Markdown."""
+    from raydebias.evaluate.report import markdown_table
+
     groups: dict[Any, list[dict]] = defaultdict(list)
     for r in rows:
         groups[r[by]].append(r)
-    lines = [f"| {by} | " + " | ".join(c.capitalize() for c in columns) + " | trials |",
-             "|---|" + "---|" * (len(columns) + 1)]
+    lines = []
     for value in sorted(groups):
         cells = []
         for c in columns:
             vals = [r[c] for r in groups[value] if _num(r.get(c))]
             cells.append(f"{sum(vals) / len(vals):.3f}" if vals else "n/a")
-        lines.append(f"| {value:g} | " + " | ".join(cells) + f" | {len(groups[value])} |")
-    return "\n".join(lines) + "\n"
+        lines.append([f"{value:g}", *cells, str(len(groups[value]))])
+    return markdown_table([by, *(c.capitalize() for c in columns), "trials"], lines)
 
 
 def best_trial(rows: Sequence[dict[str, Any]], sweep: SweepConfig) -> dict[str, Any] | None:
@@ -233,7 +234,10 @@ def _hash_order(ids: Sequence[str], seed: int) -> list[str]:
 def prepare_sweep_data(cfg: Config, out: Any) -> dict[str, Any]:
     """Read the augmented parts ONCE and split them into the trials' training and validation groups,
     written to ``DIR/sweep/data/{train,val}`` (kept across resumes: every trial of a sweep, and every
-    attempt of it, sees the same split). Augments first if ``DIR/augmented`` is incomplete."""
+    attempt of it, sees the same split). Augments first if ``DIR/augmented`` is incomplete.
+
+    Only the id column is read whole (to draw the validation ids); the rows stream part by part."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     from raydebias.augment.clean import AUGMENTED_SCHEMA
@@ -245,23 +249,25 @@ def prepare_sweep_data(cfg: Config, out: Any) -> dict[str, Any]:
         counts = {name: p.parquet_rows() for name, p in split.items()}
         return {"dirs": split, "groups": sum(counts.values()), **counts, "reused": True}
     ensure_augmented(cfg, out, "sweep")
-    table = out.augmented_dir.read_table(schema=AUGMENTED_SCHEMA)
-    ids = table.column("id").to_pylist()
+    ids = out.augmented_dir.read_table(columns=["id"]).column("id").to_pylist()
     if len(ids) < 2:
         raise ConfigError(f"sweep: {out.augmented_dir} holds {len(ids)} augmented group(s); a sweep needs at "
                           "least 2 (one to train on, one to validate on): raise data.limit")
     n_val = min(len(ids) - 1, max(1, round(cfg.sweep.val_fraction * len(ids))))
-    val_ids = set(_hash_order(ids, cfg.seed)[:n_val])
-    is_val = pc.is_in(table.column("id"), value_set=_strings(sorted(val_ids)))
-    out.write_table(table.filter(pc.invert(is_val)), split["train"])
-    out.write_table(table.filter(is_val), split["val"])
-    return {"dirs": split, "groups": len(ids), "train": len(ids) - n_val, "val": n_val, "reused": False}
-
-
-def _strings(values: list[str]) -> Any:
-    import pyarrow as pa
-
-    return pa.array(values, pa.string())
+    val_ids = pa.array(sorted(_hash_order(ids, cfg.seed)[:n_val]), pa.string())
+    written = {"train": 0, "val": 0}
+    with split["train"].replacing() as train_dir, split["val"].replacing() as val_dir:
+        for i, f in enumerate(out.augmented_dir.glob("*.parquet")):
+            part = f.read_table(schema=AUGMENTED_SCHEMA)
+            is_val = pc.is_in(part.column("id"), value_set=val_ids)
+            for name, dest, rows in (("train", train_dir, part.filter(pc.invert(is_val))),
+                                     ("val", val_dir, part.filter(is_val))):
+                if rows.num_rows:
+                    (dest / f"part-{i:05d}.parquet").write_parquet(rows)
+                    written[name] += rows.num_rows
+    if written != {"train": len(ids) - n_val, "val": n_val}:  # an invariant: a bug if it fires
+        raise AssertionError(f"sweep: {len(ids)} groups split into {written}, expected {n_val} for validation")
+    return {"dirs": split, "groups": len(ids), **written, "reused": False}
 
 
 def _epoch_report_callback() -> Any:
@@ -440,12 +446,12 @@ def pareto_plot(rows: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]],
 
 
 def _markdown(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    from raydebias.evaluate.report import markdown_table
+
     def cell(v: Any) -> str:
         return f"{v:.3f}" if isinstance(v, float) else f"{v:g}" if isinstance(v, int | float) else str(v)
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return markdown_table(list(columns), [[cell(r.get(c)) for c in columns] for r in rows])
 
 
 def write_results(cfg: Config, out: Any, space: SearchSpace, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -126,3 +126,30 @@ def test_best_trial_is_on_the_front_and_best_by_the_select_metric():
     cfg = load_config(None, ["sweep.select_metric=faithfulness", "sweep.select_mode=max"])
     assert best_trial(rows, cfg.sweep)["trial_id"] == "c"
     assert best_trial(rows[4:], cfg.sweep) is None
+
+
+def test_sweep_data_split_streams_parts_once_and_is_reused(tmp_path):
+    """Every augmented group lands in exactly one of train/val (val_fraction of them, by id hash), part by
+    part; a second call reuses the committed split instead of redrawing it."""
+    import pyarrow as pa
+
+    from raydebias.augment.clean import AUGMENTED_SCHEMA
+    from raydebias.outputs import RunDir
+    from raydebias.sweep import prepare_sweep_data
+
+    out = RunDir(tmp_path / "run")
+    ids = [f"g{i:02d}" for i in range(10)]
+    with out.sources_dir("train").replacing() as src:  # the data stage's output, complete
+        (src / "part-0.parquet").write_parquet(pa.table({"id": ids}))
+    for n, chunk in enumerate((ids[:4], ids[4:])):
+        rows = [{"id": i, "post": f"post {i}", "summary": f"summary {i}"} for i in chunk]
+        (out.augmented_dir / f"part-{n}.parquet").write_parquet(pa.Table.from_pylist(rows, schema=AUGMENTED_SCHEMA))
+    cfg = load_config(None, ["sweep.val_fraction=0.3"])
+    got = prepare_sweep_data(cfg, out)
+    assert (got["groups"], got["train"], got["val"], got["reused"]) == (10, 7, 3, False)
+    train = got["dirs"]["train"].read_table().column("id").to_pylist()
+    val = got["dirs"]["val"].read_table().column("id").to_pylist()
+    assert sorted(train + val) == ids and len(val) == 3
+    again = prepare_sweep_data(cfg, out)
+    assert again["reused"] and (again["train"], again["val"]) == (7, 3)
+    assert got["dirs"]["val"].read_table().column("id").to_pylist() == val

@@ -27,11 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from raydebias.augment.pipeline import PoolStartError  # noqa: E402
 from raydebias.config import ConfigError, load_config  # noqa: E402
-from raydebias.data import DataError  # noqa: E402
 from raydebias.outputs import RunDir  # noqa: E402
-from raydebias.runtime import init_ray  # noqa: E402
+from raydebias.runtime import init_ray, job_exit_code  # noqa: E402
 from raydebias.sweep import load_space, run_sweep  # noqa: E402
 
 log = logging.getLogger("raydebias.sweep")
@@ -66,15 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     init_ray(cfg)
     try:
         summary = run_sweep(cfg, out, space)
-    except DataError as e:
+    except Exception as e:
+        if (code := job_exit_code(e)) is None:
+            raise
         print(f"error: {e}", file=sys.stderr)
-        return 3
-    except PoolStartError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 4
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return code
     print(json.dumps({"stage": "sweep", "stats": summary}, default=str))
     if not summary["status"]["evaluated"]:
         print("error: no trial finished its evaluation (see the trial errors in DIR/sweep/results.parquet)",

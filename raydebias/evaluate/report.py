@@ -32,7 +32,7 @@ def _get(m: dict, *path: str) -> Any:
     return m
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
@@ -70,7 +70,7 @@ def write_report(metrics: dict[str, Any], out_dir: Path) -> Path:
             row.append(_delta(vals["model"][0], vals["base"][0]))
         rows.append(row)
     md.append("## Summaries (Table 4) and the alignment-tax benchmark (Tables 1-2)\n")
-    md.append(_table(header, rows))
+    md.append(markdown_table(header, rows))
     pat_rows = []
     for n in names:
         for task, rates in (_get(models[n]["metrics"], "patterns") or {}).items():
@@ -79,15 +79,15 @@ def write_report(metrics: dict[str, Any], out_dir: Path) -> Path:
                                          "punctuation")), str(rates["n"])])
     if pat_rows:
         md.append("## Generation patterns (Table 5, % of outputs)\n")
-        md.append(_table(["model", "task", "empty", "abstention", "repetitive", "incomplete", "non-sequitur",
+        md.append(markdown_table(["model", "task", "empty", "abstention", "repetitive", "incomplete", "non-sequitur",
                           "punctuation", "n"], pat_rows))
     subj = {n: _get(models[n]["metrics"], "mmlu_pro", "subjects") or {} for n in names}
     if any(subj.values()):
         all_s = sorted({s for v in subj.values() for s in v})
         md.append("## MMLU-Pro per subject (accuracy)\n")
-        md.append(_table(["subject", *names], [[s, *(_fmt(_get(subj[n], s, "acc")) for n in names)] for s in all_s]))
+        md.append(markdown_table(["subject", *names], [[s, *(_fmt(_get(subj[n], s, "acc")) for n in names)] for s in all_s]))
     md.append("## Rows per benchmark\n")
-    md.append(_table(["task", "rows in", "kept", "quarantined"],
+    md.append(markdown_table(["task", "rows in", "kept", "quarantined"],
                      [[t, str(c["rows_in"]), str(c["kept"]), ", ".join(f"{k}: {v}" for k, v in c["quarantined"].items())
                        or "0"] for t, c in metrics["counts"].items()]))
     for png in _plots(models, subj, out_dir):
@@ -137,4 +137,4 @@ def _plots(models: dict[str, Any], subj: dict[str, dict], out_dir: Path) -> list
     return made
 
 
-__all__ = ["scalar_rows", "write_report"]
+__all__ = ["markdown_table", "scalar_rows", "write_report"]

@@ -55,7 +55,8 @@ def parts_dataset(path: StoragePath) -> Any:
         def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                            data_context: Any = None) -> list[ReadTask]:
             return [ReadTask(lambda f=f: [f.read_table(schema=AUGMENTED_SCHEMA)],
-                             BlockMetadata(num_rows=f.parquet_rows(), size_bytes=None, input_files=[str(f)],
+                             BlockMetadata(num_rows=f.parquet_file().metadata.num_rows, size_bytes=None,
+                                           input_files=[str(f)],
                                            exec_stats=None),
                              schema=AUGMENTED_SCHEMA, per_task_row_limit=per_task_row_limit)
                     for f in self.root.glob("*.parquet")]
