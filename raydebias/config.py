@@ -274,6 +274,9 @@ class TrainConfig:
     warmup_steps: int = _f(5, "Linear-schedule warm-up steps (Table 12).")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     grad_clip: float = _f(1.0, "Max global grad norm (0 disables).")
+    activation_checkpointing: bool = _f(
+        False, "Recompute each transformer block's activations in the backward pass (memory for compute; "
+        "the 7B preset needs it at max_length 340 x whole groups).")
     groups_per_batch: int = _f(4, "Source rows (groups) per worker batch; a batch holds whole groups.")
     proj_dim: int = _f(128, "Output size of the projection head (eq. 3-4; not given in the paper).")
     num_workers: int = _f(1, "Ray Train workers (FSDP2 shards).")
@@ -374,6 +377,13 @@ class EvalConfig:
                               "MMLU-Pro: HF id (splits test + validation) or a dir with test.* and validation.*.")
     mmlu_pro_shots: int = _f(5, "MMLU-Pro chain-of-thought shots from the same subject (Section 3).")
     mmlu_pro_max_new_tokens: int = _f(2048, "MMLU-Pro chain-of-thought length (the benchmark's own script).")
+    min_prompt_tokens: int = _f(
+        512,
+        "Fewest positions a generation request keeps for its prompt: every max_new_tokens is clamped to "
+        "(model positions - this), recorded per request (max_new_tokens_used) and counted in metrics.json. "
+        "MMLU-Pro's 2048 new tokens become 512 on GPT-2 (1024 positions), 1536 on Phi-2 (2048); unchanged "
+        "on 4096-position models. MMLU-Pro then drops shots until the prompt fits (its own script's rule).",
+    )
     limit: int | None = _f(None, "Max items per benchmark (null: all).")
     generate: OpResources = _f(OpResources(num_gpus=1.0, num_cpus=1.0, actors=1, batch_size=16),
                                "Generation actor pool (one per evaluated model).")
@@ -391,6 +401,9 @@ class EvalConfig:
         _check(0 < self.rtp_top_p <= 1, "evaluate.rtp_top_p", "must be in (0, 1]", self.rtp_top_p)
         _check(self.rtp_temperature > 0, "evaluate.rtp_temperature", "must be > 0", self.rtp_temperature)
         _check(self.mmlu_pro_shots >= 0, "evaluate.mmlu_pro_shots", "must be >= 0", self.mmlu_pro_shots)
+        for name in ("max_new_tokens", "truthfulqa_max_new_tokens", "rtp_max_new_tokens", "mmlu_pro_max_new_tokens",
+                     "min_prompt_tokens"):
+            _check(getattr(self, name) >= 1, f"evaluate.{name}", "must be >= 1", getattr(self, name))
 
 
 @dataclass

@@ -13,14 +13,19 @@ Two backends:
   Sampling and greedy decoding only. Beam search is refused (see the class docstring): vLLM's beam
   scores are normalised differently from HF's, which would silently change eq. 1-2 of the paper.
 
-Both take token ids from the same Hugging Face tokenizer, so prompt truncation is identical.
+Both take token ids from the same Hugging Face tokenizer, so prompt truncation is identical, and both
+size a request with :func:`clamp_max_new_tokens`: prompt + new tokens never exceed the model's positions
+(GPT-2 has 1024; asking for more is an IndexError on CPU and a device-side assert on CUDA).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("hf", "vllm")
 VLLM_MISSING = (
@@ -36,7 +41,9 @@ class GenParams:
     ``seed`` (not None) reseeds the backend's sampler right before generating, so a batch's samples
     depend only on the seed and the batch. ``max_input_tokens`` keeps the LAST tokens of a longer prompt
     (decoder-only generation continues from the prompt's end); ops that must keep a particular part of
-    the prompt shorten it themselves first (low_confidence cuts the post).
+    the prompt shorten it themselves first (low_confidence cuts the post). ``max_new_tokens`` is an upper
+    bound: on a model with fewer positions it is clamped so that at least ``min_prompt_tokens`` remain
+    for the prompt (:func:`clamp_max_new_tokens`).
     """
 
     max_new_tokens: int = 128
@@ -50,6 +57,7 @@ class GenParams:
     output_scores: bool = False
     max_input_tokens: int | None = None
     seed: int | None = None
+    min_prompt_tokens: int = 1
 
     def __post_init__(self) -> None:
         def check(ok: bool, what: str, value: Any) -> None:
@@ -64,6 +72,7 @@ class GenParams:
         check(self.num_return_sequences >= 1, "num_return_sequences must be >= 1", self.num_return_sequences)
         check(self.max_input_tokens is None or self.max_input_tokens >= 1,
               "max_input_tokens must be >= 1 or None", self.max_input_tokens)
+        check(self.min_prompt_tokens >= 1, "min_prompt_tokens must be >= 1", self.min_prompt_tokens)
         if not self.do_sample:
             # Deterministic search can only return as many distinct sequences as it keeps beams.
             check(self.num_return_sequences <= self.num_beams,
@@ -93,9 +102,11 @@ class Generation:
 class Generator(Protocol):
     """``generate(prompts, params)`` -> one list of ``params.num_return_sequences`` Generations per prompt,
     in the model's order (best beam first under beam search). ``tokenizer`` is the HF tokenizer whose
-    ids the model sees (ops use it to budget prompts)."""
+    ids the model sees (ops use it to budget prompts); ``context`` the model's positions (None: unknown),
+    which :func:`clamp_max_new_tokens` and the prompt truncation respect."""
 
     tokenizer: Any
+    context: int | None
 
     def generate(self, prompts: list[str], params: GenParams) -> list[list[Generation]]: ...
 
@@ -123,7 +134,9 @@ def _cut_at_eos(ids: list[int], eos: set[int]) -> int:
     return len(ids)
 
 
-def _context_length(config: Any) -> int | None:
+def context_length(config: Any) -> int | None:
+    """Positions of a Hugging Face model config (GPT-2 ``n_positions``, Llama ``max_position_embeddings``,
+    ...); None when the config names none."""
     for name in ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length"):
         value = getattr(config, name, None)
         if isinstance(value, int) and value > 0:
@@ -131,12 +144,41 @@ def _context_length(config: Any) -> int | None:
     return None
 
 
+def clamp_max_new_tokens(max_new_tokens: int, context: int | None, min_prompt_tokens: int = 1) -> int:
+    """The new tokens one request may really ask for on a model with ``context`` positions.
+
+    THE rule for every backend and every caller (HFGenerator, VLLMGenerator, the evaluate stage's
+    budgets and its per-request record): ``min(max_new_tokens, context - min_prompt_tokens)``, so the
+    prompt keeps at least ``min_prompt_tokens`` positions and prompt + output never exceed ``context``.
+    Without it, MMLU-Pro's 2048 new tokens on GPT-2's 1024 positions left the prompt 1 token and ran
+    generation past the position table. ``context`` None (unknown) leaves ``max_new_tokens`` as is.
+    """
+    if context is None:
+        return max_new_tokens
+    room = context - min_prompt_tokens
+    if room < 1:
+        raise ValueError(
+            f"a model with {context} positions leaves no room to generate when the prompt keeps "
+            f"min_prompt_tokens={min_prompt_tokens}; set it below {context} (evaluate.min_prompt_tokens)")
+    return min(max_new_tokens, room)
+
+
 def _input_limit(params: GenParams, context: int | None) -> int | None:
-    """Max prompt tokens: the caller's limit, and never so many that prompt + output overflow the model."""
+    """Max prompt tokens: the caller's limit, and the positions left after the (clamped) new tokens, so
+    ``_input_limit + clamp_max_new_tokens <= context`` always holds."""
     limits = [params.max_input_tokens] if params.max_input_tokens is not None else []
     if context is not None:
-        limits.append(max(1, context - params.max_new_tokens))
+        limits.append(context - clamp_max_new_tokens(params.max_new_tokens, context, params.min_prompt_tokens))
     return min(limits) if limits else None
+
+
+def _warn_clamped(gen: Any, params: GenParams, max_new: int) -> None:
+    """Say once per generator and requested length that it was clamped (callers record it per request)."""
+    key = (params.max_new_tokens, max_new)
+    if max_new < params.max_new_tokens and key not in gen._clamp_warned:
+        gen._clamp_warned.add(key)
+        log.warning("%s: max_new_tokens=%d clamped to %d (model positions: %s, min_prompt_tokens=%d)",
+                    gen.model_id, params.max_new_tokens, max_new, gen.context, params.min_prompt_tokens)
 
 
 class HFGenerator:
@@ -156,19 +198,22 @@ class HFGenerator:
         self.tokenizer.truncation_side = "left"  # keep the end of an over-long prompt (GenParams doc)
         self.device = self.model.device
         self.eos = _eos_ids(self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None))
-        self.context = _context_length(self.model.config)
+        self.context = context_length(self.model.config)
+        self._clamp_warned: set[tuple[int, int]] = set()
 
     def generate(self, prompts: list[str], params: GenParams) -> list[list[Generation]]:
         import torch
 
         if not prompts:
             return []
+        max_new = clamp_max_new_tokens(params.max_new_tokens, self.context, params.min_prompt_tokens)
+        _warn_clamped(self, params, max_new)
         limit = _input_limit(params, self.context)
         enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True,
                              truncation=limit is not None, max_length=limit).to(self.device)
         beam = params.num_beams > 1
         kwargs: dict[str, Any] = {
-            "max_new_tokens": params.max_new_tokens,
+            "max_new_tokens": max_new,
             "do_sample": params.do_sample,
             "num_beams": params.num_beams,
             "num_return_sequences": params.num_return_sequences,
@@ -248,6 +293,7 @@ class VLLMGenerator:
             self.context: int | None = int(self.llm.llm_engine.model_config.max_model_len)
         except (AttributeError, TypeError, ValueError):
             self.context = None
+        self._clamp_warned: set[tuple[int, int]] = set()
 
     def generate(self, prompts: list[str], params: GenParams) -> list[list[Generation]]:
         if params.num_beams > 1:
@@ -258,6 +304,8 @@ class VLLMGenerator:
             )
         if not prompts:
             return []
+        max_new = clamp_max_new_tokens(params.max_new_tokens, self.context, params.min_prompt_tokens)
+        _warn_clamped(self, params, max_new)
         limit = _input_limit(params, self.context)
         token_prompts = []
         for prompt in prompts:
@@ -270,7 +318,7 @@ class VLLMGenerator:
             temperature=params.temperature if params.do_sample else 0.0,  # vLLM: 0 means greedy
             top_p=params.top_p if params.do_sample else 1.0,
             repetition_penalty=params.repetition_penalty,
-            max_tokens=params.max_new_tokens,
+            max_tokens=max_new,
             logprobs=1 if params.output_scores else None,  # the chosen token's logprob is always included
             seed=params.seed,
         )

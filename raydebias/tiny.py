@@ -9,6 +9,10 @@ so `raydebias.models` loads it through the very same code path as the real model
     marian-XX-YY  Helsinki-NLP/opus-mt-XX-YY             MarianMTModel (+ MarianTokenizer)
     gpt-neo       EleutherAI/gpt-neo-2.7B                GPTNeoForCausalLM (+ GPT2Tokenizer)
     gpt2          gpt2                                   GPT2LMHeadModel (+ GPT2Tokenizer)
+    phi           microsoft/phi-2                        PhiForCausalLM (+ CodeGenTokenizer), partial
+                                                         rotary 0.4, 2048 positions, no BOS added
+    llama         meta-llama/Llama-2-7b-hf               LlamaForCausalLM (+ LlamaTokenizer: sentencepiece
+                                                         BPE, byte fallback, adds <s>), 4096 positions
     roberta-mlm   FacebookAI/roberta-large               RobertaForMaskedLM (+ RobertaTokenizer)
     flan-t5       google/flan-t5-large                   T5ForConditionalGeneration, gated-gelu
     toxic-bert    detoxify "original" (unitary/toxic-bert) BertForSequenceClassification, 6 labels,
@@ -26,7 +30,8 @@ training text become <unk>). spacy-ner's rules come from a built-in gazetteer pl
 raydebias/samples/**/entities/*.tsv files (TEXT<TAB>LABEL).
 
 Builds are deterministic (fixed seed per model; only tokenizer trainers that are bit-reproducible
-across processes, see `_train_wordpiece` and `_t5_vocab`), cached and idempotent: each model directory holds a stamp with the kit version and a hash of its inputs, and a
+across processes, see `_train_wordpiece`, `_t5_vocab` and `_train_sentencepiece_bpe`), cached and
+idempotent: each model directory holds a stamp with the kit version and a hash of its inputs, and a
 model whose stamp matches is not rebuilt. A build happens in a temporary sibling directory that is
 renamed into place under a per-model file lock, so Ray actors on one node calling `ensure` at the
 same time neither corrupt the cache nor build twice.
@@ -699,6 +704,122 @@ def _build_causal(name: str, dest: Path, final: Path, inputs: _Inputs) -> None:
     tokenizer.save_pretrained(dest)
 
 
+def _build_phi(name: str, dest: Path, final: Path, inputs: _Inputs) -> None:
+    """microsoft/phi-2's classes and special tokens at the kit's size.
+
+    phi-2 ships GPT-2's byte-level BPE (plus whitespace-run tokens, not reproduced) as a
+    CodeGenTokenizer whose bos/eos/unk are all <|endoftext|> and which adds no BOS; so the vocabulary
+    here is the one tiny gpt2 uses, and `<|endoftext|>` has the same id. Config values that are phi-2's
+    (not PhiConfig's defaults): partial_rotary_factor 0.4 (here 6 of each head's 16 dims are rotated),
+    2048 positions, gelu_new, resid_pdrop 0.1, untied head, bos = eos = <|endoftext|>.
+    """
+    from transformers import CodeGenTokenizer, PhiConfig, PhiForCausalLM
+
+    eot = "<|endoftext|>"
+    vocab, merges = inputs.memo("bpe-gpt2", lambda: _train_byte_bpe(inputs.corpus, [eot]))
+    # model_max_length 2048 as phi-2's tokenizer_config. phi-2's also says clean_up_tokenization_spaces
+    # true, which transformers 5 ignores for BPE tokenizers (with a warning on every decode): False
+    # decodes the same and quietly.
+    tokenizer = CodeGenTokenizer(vocab=vocab, merges=merges, unk_token=eot, bos_token=eot, eos_token=eot,
+                                 model_max_length=2048, clean_up_tokenization_spaces=False)
+    eot_id = tokenizer.convert_tokens_to_ids(eot)
+    config = PhiConfig(
+        vocab_size=len(vocab),
+        hidden_size=HIDDEN,
+        intermediate_size=FFN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        max_position_embeddings=2048,
+        partial_rotary_factor=0.4,
+        hidden_act="gelu_new",
+        resid_pdrop=0.1,
+        layer_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=eot_id,
+        eos_token_id=eot_id,
+    )
+    model = _init_model(name, PhiForCausalLM, config)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+
+
+def _train_sentencepiece_bpe(corpus: list[str]) -> bytes:
+    """A sentencepiece BPE model trained the way Llama-2's was: byte fallback, digits split, identity
+    normalisation, whitespace kept as is, a dummy "▁" prefix; <unk>=0, <s>=1, </s>=2, no <pad>.
+
+    The <0x00>..<0xFF> byte pieces follow at ids 3..258, so any character is encodable (the corpus
+    is split into lines, so "\n" itself becomes <0x0A>, as in Llama-2). num_threads=1 keeps training
+    bit-reproducible (as in `_train_sentencepiece`).
+    """
+    import io
+
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus),
+        model_writer=buf,
+        model_type="bpe",
+        vocab_size=VOCAB_SIZE,
+        hard_vocab_limit=False,
+        character_coverage=1.0,
+        byte_fallback=True,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        num_threads=1,
+        max_sentence_length=1 << 16,
+        minloglevel=2,
+    )
+    return buf.getvalue()
+
+
+def _build_llama(name: str, dest: Path, final: Path, inputs: _Inputs) -> None:
+    """meta-llama/Llama-2-7b-hf's classes and special tokens at the kit's size.
+
+    The tokenizer is transformers 5's LlamaTokenizer (a `tokenizers` BPE with byte fallback and a
+    Metaspace "▁" pre-tokenizer that prepends "▁" to the text), its vocabulary and merges extracted from
+    a sentencepiece BPE model (`_train_sentencepiece_bpe`) the way transformers converts Llama's
+    tokenizer.model: ids are the sentencepiece ids, and encodings match sentencepiece's own. It adds
+    <s> (id 1) and no </s>, and has no pad token, like Llama-2 (`raydebias.models.load_model` sets
+    pad = eos). model_max_length is left unset, as in Llama-2's tokenizer_config; the model's 4096
+    positions are the limit (`raydebias.models.max_input_tokens`).
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+    from transformers.tokenization_utils_base import generate_merges
+
+    spm_bytes = inputs.memo("spm-bpe-llama", lambda: _train_sentencepiece_bpe(inputs.corpus))
+    vocab = {piece: i for i, (piece, _) in enumerate(_spm_pieces(spm_bytes))}
+    if [p for p, i in sorted(vocab.items(), key=lambda kv: kv[1])][:3] != ["<unk>", "<s>", "</s>"]:
+        raise RuntimeError("sentencepiece did not put <unk>, <s>, </s> at ids 0, 1, 2")
+    # sentencepiece BPE pieces are numbered in merge order, which is what generate_merges sorts by.
+    tokenizer = LlamaTokenizer(vocab=vocab, merges=generate_merges(vocab), add_bos_token=True,
+                               add_eos_token=False, legacy=False)
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=HIDDEN,
+        intermediate_size=FFN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=HEADS,  # Llama-2-7b has no grouped-query attention
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=None,
+    )
+    model = _init_model(name, LlamaForCausalLM, config)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+
+
 def _build_roberta(name: str, dest: Path, final: Path, inputs: _Inputs) -> None:
     from tokenizers import AddedToken
     from transformers import RobertaConfig, RobertaForMaskedLM, RobertaTokenizer
@@ -922,6 +1043,8 @@ _BUILDERS: dict[str, Callable[[str, Path, Path, _Inputs], None]] = {
     "marian-es-en": _build_marian,
     "gpt-neo": _build_causal,
     "gpt2": _build_causal,
+    "phi": _build_phi,
+    "llama": _build_llama,
     "roberta-mlm": _build_roberta,
     "flan-t5": _build_t5,
     "toxic-bert": _build_toxic_bert,
@@ -935,6 +1058,8 @@ NAMES: tuple[str, ...] = tuple(_BUILDERS)
 _LIBS = {
     _build_marian: ("torch", "transformers", "sentencepiece"),
     _build_causal: ("torch", "transformers", "tokenizers"),
+    _build_phi: ("torch", "transformers", "tokenizers"),
+    _build_llama: ("torch", "transformers", "tokenizers", "sentencepiece"),
     _build_roberta: ("torch", "transformers", "tokenizers"),
     _build_t5: ("torch", "transformers", "tokenizers", "sentencepiece"),
     _build_toxic_bert: ("torch", "transformers", "tokenizers"),

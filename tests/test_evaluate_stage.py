@@ -1,5 +1,7 @@
 """The evaluate stage: request building and metric aggregation on hand-made rows, and the stage end to
-end on the smoke setup for any model (here the base tiny GPT-2 itself), with a dirty benchmark row."""
+end on the smoke setup for any model (here the base tiny GPT-2 itself), with a dirty benchmark row and
+MMLU-Pro at the presets' 2048 new tokens on the tiny GPT-2's 1024 positions (clamped, shots dropped, an
+over-long question quarantined)."""
 
 import json
 import os
@@ -66,12 +68,16 @@ def test_evaluate_stage_on_any_model_with_a_dirty_benchmark_row(tmp_path):
     with open(mmlu / "test.jsonl", "a") as f:
         f.write(json.dumps({"question_id": 99, "question": "Broken?", "options": ["x", "y"], "answer": "Q",
                             "answer_index": 9, "cot_content": "", "category": "math", "src": "t"}) + "\n")
+        f.write(json.dumps({"question_id": 77, "question": "Which of the committee's findings holds? " * 60,
+                            "options": ["x", "y"], "answer": "A", "answer_index": 0, "cot_content": "",
+                            "category": "math", "src": "t"}) + "\n")
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
     r = subprocess.run([sys.executable, str(REPO / "jobs/pipeline.py"), "--config", str(SMOKE), "--stage",
                         "evaluate", "--output", str(out), "model=tiny:gpt2", "base=none",
-                        f"evaluate.mmlu_pro_source={mmlu}", "data.limit=6"],
+                        f"evaluate.mmlu_pro_source={mmlu}", "evaluate.mmlu_pro_max_new_tokens=2048",
+                        "evaluate.min_prompt_tokens=512", "data.limit=6"],
                        capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
     assert r.returncode == 0, r.stderr[-4000:]
     m = json.loads((out / "eval/metrics.json").read_text())
@@ -81,16 +87,32 @@ def test_evaluate_stage_on_any_model_with_a_dirty_benchmark_row(tmp_path):
     assert 0 <= got["tldr"]["faithfulness"]["mean"] <= 1
     assert got["truthfulqa_mc1"]["n"] == 6 and got["truthfulqa_gen"]["n"] == 8
     assert got["rtp"]["toxicity"]["n"] == 8 and got["mmlu_pro"]["n"] == 5
-    for task, c in m["counts"].items():
+    counts = m["counts"]["model"]
+    for task, c in counts.items():
         assert c["rows_in"] == c["kept"] + sum(c["quarantined"].values()), task
-    assert m["counts"]["mmlu_pro"]["quarantined"] == {"answer 'Q' is not one of the options' letters": 1}
+    assert counts["mmlu_pro"]["quarantined"] == {"answer 'Q' is not one of the options' letters": 1,
+                                                 "prompt_too_long": 1}
+    # 2048 new tokens on 1024 positions: every kept MMLU-Pro request clamped to 512, with fewer than 5 shots
+    assert counts["mmlu_pro"]["clamped"] == 5 and sum(counts["mmlu_pro"]["shots"].values()) == 5
+    assert all(0 < int(k) < 5 for k in counts["mmlu_pro"]["shots"]), counts["mmlu_pro"]["shots"]
+    assert all(c["clamped"] == 0 for t, c in counts.items() if t != "mmlu_pro")
     q = pq.read_table(out / "quarantine/evaluate").to_pylist()
-    assert [(x["split"], x["id"]) for x in q] == [("mmlu_pro", "99")]
+    assert [(x["split"], x["id"], x["reason"], x["source_file"]) for x in q] == [
+        ("mmlu_pro", "99", "answer 'Q' is not one of the options' letters", "model"),
+        ("mmlu_pro", "77", "prompt_too_long", "model")]
+    assert q[1]["detail"].startswith("prompt_too_long: ") and " >= 1024 - 512 " in q[1]["detail"]
     res = pq.read_table(out / "eval/model").to_pylist()
+    assert all(x["error"] is None for x in res)
     assert all(x["output"] is not None for x in res if x["kind"] != "loglik")
     assert all(x["loglik"] < 0 for x in res if x["kind"] == "loglik")
+    assert {x["max_new_tokens_used"] for x in res if x["task"] == "mmlu_pro"} == {512}
+    assert all(x["max_new_tokens_used"] == x["max_new_tokens"] for x in res if x["kind"] != "loglik"
+               and x["task"] != "mmlu_pro")
+    assert all(x["shots"] is None for x in res if x["task"] != "mmlu_pro")
     report = (out / "eval/report.md").read_text()
     assert "Generation patterns" in report and "Δ model − base" not in report  # no base: no deltas
+    assert "| model | mmlu_pro | 7 | 5 | answer 'Q' is not one of the options' letters: 1, prompt_too_long: 1 | 5 |" \
+        in report
     assert (out / "eval/toxicity_vs_faithfulness.png").exists()
 
 

@@ -15,6 +15,8 @@ from raydebias.generation import (
     GenParams,
     HFGenerator,
     VLLMGenerator,
+    _input_limit,
+    clamp_max_new_tokens,
     derive_seed,
     make_generator,
 )
@@ -120,11 +122,55 @@ def test_max_input_tokens_keeps_the_end_of_the_prompt(gpt2):
     assert row[0].token_ids == (cont[: cont.index(eos)] if eos in cont else cont)
 
 
+def test_clamp_and_input_limit_never_exceed_the_context():
+    # The presets' numbers: MMLU-Pro asks 2048 new tokens; GPT-2 has 1024 positions, Phi-2 2048, Llama-2 4096.
+    assert clamp_max_new_tokens(2048, 1024, 512) == 512
+    assert _input_limit(GenParams(max_new_tokens=2048, min_prompt_tokens=512), 1024) == 512
+    assert clamp_max_new_tokens(2048, 2048, 512) == 1536
+    assert clamp_max_new_tokens(2048, 4096, 512) == 2048  # room enough: the benchmark's own length
+    assert clamp_max_new_tokens(128, 1024, 512) == 128
+    assert clamp_max_new_tokens(2048, None, 512) == 2048  # unknown positions: nothing to clamp against
+    # Before the clamp: 2048 new tokens left the prompt max(1, 1024 - 2048) = 1 token, and 1 + 2048 > 1024.
+    assert _input_limit(GenParams(max_new_tokens=2048), 1024) + clamp_max_new_tokens(2048, 1024) == 1024
+    for context in (2, 8, 1024, 2048):
+        for max_new in (1, 5, 511, 512, 1023, 1024, 2048, 5000):
+            for min_prompt in (1, 7, 512, 1023):
+                for max_input in (None, 3, 700):
+                    if min_prompt >= context:
+                        with pytest.raises(ValueError, match=f"set it below {context}"):
+                            clamp_max_new_tokens(max_new, context, min_prompt)
+                        continue
+                    params = GenParams(max_new_tokens=max_new, min_prompt_tokens=min_prompt, max_input_tokens=max_input)
+                    new = clamp_max_new_tokens(max_new, context, min_prompt)
+                    limit = _input_limit(params, context)
+                    assert 1 <= new <= max_new and limit + new <= context, (context, max_new, min_prompt, max_input)
+                    assert limit >= min(min_prompt, max_input or context)  # the prompt keeps its minimum
+                    assert new == max_new or new + min_prompt == context  # clamped only as far as it had to be
+
+
+def test_max_new_beyond_the_context_is_clamped_not_an_index_error(gpt2):
+    """2048 new tokens on 1024 positions ran generation past GPT-2's position table (IndexError here,
+    a device-side assert on CUDA); now the model is asked 1024 - 512 = 512, from the prompt's last 512."""
+    assert gpt2.context == 1024
+    long_prompt = "POST: " + "I lent my car to my cousin and he crashed it. " * 120 + "\nTL;DR:"
+    ids = gpt2.tokenizer(long_prompt)["input_ids"]
+    assert len(ids) > 1024
+    (row,) = gpt2.generate([long_prompt], GenParams(max_new_tokens=2048, min_prompt_tokens=512))
+    with torch.no_grad():
+        ref = gpt2.model.generate(torch.tensor([ids[-512:]]), attention_mask=torch.ones(1, 512, dtype=torch.long),
+                                  max_new_tokens=512, do_sample=False)
+    cont = ref[0, 512:].tolist()
+    eos = gpt2.tokenizer.eos_token_id
+    assert row[0].token_ids == (cont[: cont.index(eos)] if eos in cont else cont)
+    assert 0 < len(row[0].token_ids) <= 512
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"num_return_sequences": 3}, "num_return_sequences must be <= num_beams=1"),
     ({"top_p": 0.0}, "top_p"),
     ({"max_new_tokens": 0}, "max_new_tokens"),
     ({"max_input_tokens": 0}, "max_input_tokens"),
+    ({"min_prompt_tokens": 0}, "min_prompt_tokens must be >= 1"),
 ])
 def test_gen_params_are_validated(kwargs, match):
     with pytest.raises(ValueError, match=match):

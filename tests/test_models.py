@@ -51,7 +51,7 @@ def test_resolve_model(kit):
     assert resolve_model("Helsinki-NLP/opus-mt-en-de") == "Helsinki-NLP/opus-mt-en-de"
     assert resolve_model("/some/local/dir") == "/some/local/dir"
     with pytest.raises(ValueError, match="valid names"):
-        resolve_model("tiny:llama")
+        resolve_model("tiny:mistral")
 
 
 @pytest.mark.parametrize("name, cls", [("gpt2", "GPT2LMHeadModel"), ("gpt-neo", "GPTNeoForCausalLM")])

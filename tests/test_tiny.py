@@ -63,7 +63,7 @@ def _assert_same_model_dirs(a: Path, b: Path) -> None:
 def test_names_and_registry():
     assert tiny.NAMES == (
         "marian-en-de", "marian-de-en", "marian-en-fr", "marian-fr-en", "marian-en-es", "marian-es-en",
-        "gpt-neo", "gpt2", "roberta-mlm", "flan-t5", "toxic-bert", "albert-nli", "spacy-ner",
+        "gpt-neo", "gpt2", "phi", "llama", "roberta-mlm", "flan-t5", "toxic-bert", "albert-nli", "spacy-ner",
     )  # fmt: skip
     assert set(tiny.REGISTRY) == set(tiny.NAMES)
     assert all(callable(builder) for builder in tiny.REGISTRY.values())
@@ -211,6 +211,85 @@ def test_unigram_and_wordpiece_tokenizers_cover_printable_ascii(kit):
         tok = AutoTokenizer.from_pretrained(out / name)
         ids = tok(text)["input_ids"]
         assert tok.unk_token_id not in ids, (name, tok.convert_ids_to_tokens(ids))
+
+
+def _generate_and_blocks(model, tok, block_class):
+    """Greedy generation through the loaded model, and the blocks FSDP2 shards (train.model)."""
+    from raydebias.train.model import transformer_blocks
+
+    blocks = transformer_blocks(model)
+    assert [type(b).__name__ for b in blocks] == [block_class] * 2
+    enc = tok(["TL;DR: my roommate owes me $450", "TL;DR: hi"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert out.shape == (2, enc["input_ids"].shape[1] + 4)
+
+
+def test_phi_stands_in_for_phi_2(kit):
+    """PhiForCausalLM + CodeGenTokenizer: GPT-2's byte-level BPE, bos = eos = <|endoftext|>, no BOS added."""
+    from transformers import AutoTokenizer
+
+    from raydebias.models import load_model
+
+    out, _ = kit
+    model, tok = load_model("tiny:phi", "causal_lm")
+    assert type(model).__name__ == "PhiForCausalLM" and type(tok).__name__ == "CodeGenTokenizer"
+    c = model.config
+    assert c.max_position_embeddings == 2048 and c.rope_parameters["partial_rotary_factor"] == 0.4
+    assert c.num_hidden_layers == 2 and c.hidden_size == 64 and c.num_attention_heads == 4
+    assert c.hidden_act == "gelu_new" and c.resid_pdrop == 0.1 and not c.tie_word_embeddings
+    # 6 of each head's 16 dims rotate (partial rotary), as phi-2 rotates 32 of 80
+    assert model.model.rotary_emb.inv_freq.numel() == int(16 * 0.4) // 2
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    assert tok.bos_token == tok.eos_token == tok.unk_token == "<|endoftext|>"
+    assert c.bos_token_id == c.eos_token_id == tok.eos_token_id == eot
+    assert tok.model_max_length == 2048
+    text = "Hello world, TL;DR: Grüße! 日本"
+    ids = tok(text)["input_ids"]
+    assert eot not in ids, "phi-2 adds no BOS"
+    assert tok.decode(ids) == text
+    # phi-2 ships GPT-2's vocabulary; here: the one tiny gpt2 uses, same ids
+    assert ids == AutoTokenizer.from_pretrained(out / "gpt2")(text)["input_ids"]
+    _generate_and_blocks(model, tok, "PhiDecoderLayer")
+
+
+def test_llama_stands_in_for_llama_2(kit):
+    """LlamaForCausalLM + LlamaTokenizer: sentencepiece BPE with byte fallback, <unk>=0 <s>=1 </s>=2,
+    adds <s> and no </s>, "▁" prepended, no pad token of its own."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    from raydebias.models import load_model
+
+    out, _ = kit
+    raw = AutoTokenizer.from_pretrained(out / "llama")
+    assert type(raw).__name__ == "LlamaTokenizer" and raw.pad_token is None  # as Llama-2
+    model, tok = load_model("tiny:llama", "causal_lm")
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert tok.pad_token == tok.eos_token == "</s>"  # load_model's pad = eos for causal LMs
+    c = model.config
+    assert c.max_position_embeddings == 4096 and c.num_attention_heads == 4 and c.num_key_value_heads == 4
+    assert c.num_hidden_layers == 2 and c.hidden_size == 64 and c.rms_norm_eps == 1e-5
+    assert (c.bos_token_id, c.eos_token_id, c.pad_token_id) == (1, 2, None) and not c.tie_word_embeddings
+    assert (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
+    assert tok.convert_ids_to_tokens([0, 1, 2, 3, 258]) == ["<unk>", "<s>", "</s>", "<0x00>", "<0xFF>"]
+
+    ids = tok("Hello world")["input_ids"]
+    assert ids[0] == 1 and ids.count(1) == 1 and 2 not in ids  # <s> first, once; no </s>
+    pieces = tok.convert_ids_to_tokens(ids)
+    assert pieces[1].startswith("▁H")  # "▁" prepended to the text, as Llama-2
+    assert tok("Hello world", add_special_tokens=False)["input_ids"] == ids[1:]
+    # every printable ASCII character has a piece (trained on them); others fall back to bytes, never <unk>
+    text = tiny.PRINTABLE + "\nGrüße, ça va? 日本"
+    ids = tok(text)["input_ids"]
+    assert 0 not in ids and tok.decode(ids, skip_special_tokens=True) == text
+    assert "<0xE6>" in tok.convert_ids_to_tokens(ids)  # 日 = E6 97 A5 in UTF-8
+    assert not [p for p in tok.convert_ids_to_tokens(tok(tiny.PRINTABLE)["input_ids"]) if p.startswith("<0x")]
+    # the converted tokenizer encodes exactly as the sentencepiece model it was extracted from
+    sp = spm.SentencePieceProcessor(model_proto=tiny._train_sentencepiece_bpe(tiny.training_corpus()))
+    for sample in ("SUBREDDIT: r/relationships\nTL;DR: I (24F) paid $1,250 on June 14.", text):
+        assert tok(sample)["input_ids"] == [1] + sp.encode(sample)
+    _generate_and_blocks(model, tok, "LlamaDecoderLayer")
 
 
 def test_detoxify_checkpoint_holds_the_plain_hf_state_dict(kit):

@@ -1,4 +1,9 @@
-"""Groups -> tensors (SPEC §3-§5): entity pooling masks, fallback, truncation, caps and re-sampling."""
+"""Groups -> tensors (SPEC §3-§5): entity pooling masks, fallback, truncation, caps and re-sampling.
+
+The candidate encoding itself (training == generation tokenisation) is tested in test_tokenisation.py;
+here what the Collator builds from it, on the three causal-LM tokenizer families of the presets:
+byte-level BPE without BOS (gpt2, phi) and SentencePiece BPE that adds <s> (llama).
+"""
 
 import functools
 
@@ -6,14 +11,22 @@ import pytest
 import torch
 from support import ents, sample_rows
 
-from raydebias.train.batching import Collator, entity_token_mask, sample_candidates
+from raydebias.train.batching import (
+    Collator,
+    encode_continuation,
+    encode_prompt,
+    entity_token_mask,
+    sample_candidates,
+)
+
+CAUSAL = ["tiny:gpt2", "tiny:phi", "tiny:llama"]
 
 
 @functools.cache
-def tok():
+def tok(name="tiny:gpt2"):
     from raydebias.models import load_tokenizer
 
-    t = load_tokenizer("tiny:gpt2")
+    t = load_tokenizer(name)
     t.pad_token = t.pad_token or t.eos_token
     return t
 
@@ -30,61 +43,100 @@ def group(row, n_bt=2, n_neg=4):
     return {**row, "positives": pos, "negatives": neg}
 
 
-def test_entity_token_mask_marks_exactly_the_tokens_of_each_entity():
-    t = tok()
+def n_prompt_tokens(b, i=0):
+    """Prompt tokens of reference row ``i`` of the batch: its labels start right after them."""
+    return int((b.labels[i] != -100).nonzero().flatten()[0])
+
+
+@pytest.mark.parametrize("name", CAUSAL)
+def test_entity_token_mask_marks_exactly_the_tokens_of_each_entity(name):
+    # Spans come from the encoding of the summary AS A CONTINUATION of the prompt (the old convention
+    # encoded " " + summary on its own, which for SentencePiece is not what follows a prompt).
+    t = tok(name)
     text = "Alice moved to Paris last May"
     ents_ = [{"start": 0, "end": 5, "label": "PERSON", "text": "Alice"},
              {"start": 15, "end": 20, "label": "GPE", "text": "Paris"}]
-    enc = t(" " + text, add_special_tokens=False, return_offsets_mapping=True)
-    mask = entity_token_mask(enc["offset_mapping"], ents_, shift=1)
-    marked = "".join(t.decode([i]) for i, m in zip(enc["input_ids"], mask, strict=True) if m)
+    ids, offsets = encode_continuation(t, encode_prompt(t, "POST: a post\nTL;DR:"), text)
+    mask = entity_token_mask(offsets, ents_)
+    marked = "".join(t.decode([i]) for i, m in zip(ids, mask, strict=True) if m)
     assert marked.replace(" ", "") == "AliceParis"
     assert sum(mask) < len(mask)  # "moved to ... last May" is not pooled
+    assert mask[0] == 1 and mask[-1] == 0  # " Alice" (its span starts at the space, -1) ... "May"
 
 
-def test_pool_mask_uses_entity_tokens_and_falls_back_to_the_whole_summary():
+@pytest.mark.parametrize("name", CAUSAL)
+def test_pool_mask_uses_entity_tokens_and_falls_back_to_the_whole_summary(name):
     row = sample_rows(1)[0]
     g = group(row)
-    c = Collator(tok(), max_length=512)
+    c = Collator(tok(name), max_length=512)
     b = c([g], epoch=0)
     ref_ents = g["positives"][0]["entities"]
     assert ref_ents, "the sample summary should contain entities"
     ref = 0  # the reference is the first candidate
-    summary_tokens = b.attention_mask[ref].sum() - (b.labels[0] != -100).sum()  # = prompt tokens
+    prompt_tokens = b.attention_mask[ref].sum() - (b.labels[0] != -100).sum()
     pooled = b.pool_mask[ref].nonzero().flatten()
-    assert pooled.min() >= summary_tokens  # never a prompt token
-    text = tok().decode(b.input_ids[ref, pooled])
+    assert pooled.min() >= prompt_tokens  # never a prompt token
+    text = tok(name).decode(b.input_ids[ref, pooled])
     for e in ref_ents:
         assert e["text"].split()[0] in text
-    # a backtranslation without entities pools every summary token (labels are only on the reference)
+    # a backtranslation without entities pools every summary token (labels are only on the reference);
+    # its summary tokens are those of its continuation encoding
     bt = 1
-    n_bt_summary = len(tok()(" " + g["positives"][1]["text"], add_special_tokens=False)["input_ids"])
+    prompt = c.prompt(row)
+    n_bt_summary = len(encode_continuation(tok(name), prompt, g["positives"][1]["text"])[0])
     assert int(b.pool_mask[bt].sum()) == n_bt_summary
+    assert int(b.attention_mask[bt].sum()) == len(prompt.ids) + n_bt_summary + 1
 
 
-def test_labels_cover_reference_summary_and_eos_only():
+@pytest.mark.parametrize("name", CAUSAL)
+def test_labels_cover_reference_summary_and_eos_only(name):
+    t = tok(name)
     row = sample_rows(1)[0]
-    c = Collator(tok(), max_length=512)
+    c = Collator(t, max_length=512)
     b = c([group(row)], epoch=0)
     lab = b.labels[0][b.labels[0] != -100]
-    assert lab[-1].item() == tok().eos_token_id
-    assert tok().decode(lab[:-1]).strip() == row["summary"].strip()
+    assert lab[-1].item() == t.eos_token_id
+    assert t.decode(lab[:-1]).strip() == row["summary"].strip()
     assert b.lm_rows.tolist() == [0]
+    # the row is exactly: the prompt as generation tokenises it, then the labels
+    prompt = c.prompt(row)
+    assert b.input_ids[0, : len(prompt.ids)].tolist() == t(prompt.text)["input_ids"]
+    assert n_prompt_tokens(b) == len(prompt.ids)
 
 
-def test_long_prompts_are_cut_in_the_middle_never_the_summary():
+@pytest.mark.parametrize("name", CAUSAL)
+def test_long_prompts_are_cut_in_the_middle_never_the_summary(name):
+    t = tok(name)
     row = sample_rows(1)[0]
     row = {**row, "post": row["post"] * 20}
-    n_summary = len(tok()(" " + row["summary"], add_special_tokens=False)["input_ids"])
+    c = Collator(t, max_length=512)  # max_length is set below, once the summary length is known
+    prompt = c.prompt(row)
+    n_summary = len(encode_continuation(t, prompt, row["summary"])[0])
     max_length = 2 * n_summary + 24  # the summary fits in its half; the 20x post does not fit at all
-    c = Collator(tok(), max_length=max_length)
+    c = Collator(t, max_length=max_length)
     b = c([group(row)], epoch=0)
     assert b.input_ids.shape[1] <= max_length
     lab = b.labels[0][b.labels[0] != -100]
-    assert tok().decode(lab[:-1]).strip() == row["summary"].strip()  # the whole summary is kept
+    assert t.decode(lab[:-1]).strip() == row["summary"].strip()  # the whole summary is kept
     first = int(b.attention_mask[0].sum())
-    prompt = tok().decode(b.input_ids[0, : first - len(lab)])
-    assert prompt.startswith("SUBREDDIT:") and prompt.rstrip().endswith("TL;DR:")
+    cut = b.input_ids[0, : first - len(lab)].tolist()
+    assert len(cut) < len(prompt.ids)
+    # special tokens (Llama's <s>) stay first, the "TL;DR:" cue's tokens stay last
+    assert cut[: prompt.n_special] == prompt.ids[: prompt.n_special]
+    assert prompt.n_cue > 0 and cut[-prompt.n_cue:] == prompt.ids[-prompt.n_cue:]
+    assert (t.bos_token_id in cut) == (prompt.n_special > 0) and cut.count(t.bos_token_id) <= 1
+    text = t.decode(cut, skip_special_tokens=True)
+    assert text.startswith("SUBREDDIT:") and text.rstrip().endswith("TL;DR:")
+
+
+def test_fit_keeps_special_tokens_first_and_the_cue_last():
+    c = Collator(tok(), max_length=11)  # budget for the prompt: 11 - n_summary - 1 (eos)
+    prompt = [1, 10, 11, 12, 13, 14, 15, 20, 21]  # <s>, 6 body tokens, a 2-token cue
+    assert c.fit(prompt, n_summary=1, n_special=1, n_cue=2) == prompt  # 9 + 1 + eos fit
+    assert c.fit(prompt, n_summary=5, n_special=1, n_cue=2) == [1, 10, 11, 20, 21]
+    assert c.fit(prompt, n_summary=7, n_special=1, n_cue=2) == [1, 20, 21]
+    assert c.fit(prompt, n_summary=8, n_special=1, n_cue=2) == [1, 21]  # what room is left: the cue's end
+    assert c.fit(prompt, n_summary=5) == [1, 10, 11, 12, 13]  # nothing to keep: the head only
 
 
 def test_batch_of_whole_groups_with_flags():
@@ -117,7 +169,7 @@ def test_filler_batch_is_valid():
     assert b.positive.sum() == 2 and b.lm_rows.numel() == 1
 
 
-@pytest.mark.parametrize("name", ["tiny:gpt2", "tiny:gpt-neo"])
+@pytest.mark.parametrize("name", ["tiny:gpt2", "tiny:gpt-neo", "tiny:phi", "tiny:llama"])
 def test_model_forward_shapes_and_blocks(name):
     from raydebias.models import load_model
     from raydebias.train.model import ContrastiveLM, transformer_blocks

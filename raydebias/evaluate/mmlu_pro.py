@@ -8,14 +8,16 @@ Rows in the public layout (the HF dataset's ``test`` and ``validation`` splits, 
 The prompt follows the benchmark's own evaluation script: a subject header asking to finish with
 "the answer is (X)", ``k`` worked examples from the VALIDATION rows of the same subject, then the test
 question with "Answer: Let's think step by step." The answer is extracted with
-``answer is \\(?([A-J])\\)?`` (SPEC §7); an output without a match is wrong.
+``answer is \\(?([A-J])\\)?`` (SPEC §7); an output without a match is wrong. A prompt that does not fit the
+evaluated model drops shots until it does (:func:`fit_prompt`, the script's own rule); one that does not
+fit even with 0 shots is not asked (the caller quarantines it).
 """
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 LETTERS = "ABCDEFGHIJ"
@@ -62,6 +64,32 @@ def build_prompt(row: dict[str, Any], shots: Sequence[dict[str, Any]]) -> str:
         "Answer: Let's think step by step."
 
 
+def fit_prompt(row: dict[str, Any], shots: Sequence[dict[str, Any]], count_tokens: Callable[[str], int],
+               limit: int | None) -> tuple[str | None, int, int]:
+    """(prompt, shots used, its tokens): the most shots, in order, whose prompt has FEWER than ``limit``
+    tokens (``limit`` = model positions - max new tokens); (None, 0, tokens with 0 shots) if none fits.
+
+    TIGER-Lab MMLU-Pro ``evaluate_from_local.py`` (also what the paper's authors ran)::
+
+        while True:
+            prompt = generate_cot_prompt(val_df, curr, k)
+            if len(tokenizer(prompt).input_ids) < max_model_length - max_new_tokens: break
+            k -= 1
+
+    The script keeps decrementing below 0 (a negative slice of the shots); here 0 shots is the last try
+    and a question that is too long alone is refused rather than cut into a different question.
+    ``limit`` None (unknown context) keeps every shot.
+    """
+    for k in range(len(shots), -1, -1):
+        prompt = build_prompt(row, shots[:k])
+        if limit is None:
+            return prompt, k, -1
+        n = count_tokens(prompt)
+        if n < limit:
+            return prompt, k, n
+    return None, 0, n
+
+
 def shots_by_subject(validation: Iterable[dict[str, Any]], k: int) -> dict[str, list[dict[str, Any]]]:
     """The first ``k`` validation rows of each subject (the benchmark's own choice: fixed, in order)."""
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -94,5 +122,6 @@ def accuracy_by_subject(rows: Sequence[dict[str, Any]], outputs: Sequence[str]) 
             "extraction_failed": failed / n if n else float("nan"), "n": n}
 
 
-__all__ = ["ANSWER_RE", "LETTERS", "accuracy_by_subject", "build_prompt", "extract_answer", "format_example",
+__all__ = ["ANSWER_RE", "LETTERS", "accuracy_by_subject", "build_prompt", "extract_answer", "fit_prompt",
+           "format_example",
            "format_question", "header", "is_correct", "shots_by_subject", "validate_row"]

@@ -9,9 +9,19 @@ generated text (the augmentation's scorer interface, ``augment.toxicity``), and 
 SummaC-style NLI faithfulness, entity precision and ROUGE-L. GPUs come from ``device`` as in the other
 stages. The trained model is evaluated against its base (``evaluate.base``, default ``train.model``).
 
-Outputs: ``DIR/eval/<name>/results.parquet`` (every request with its output and scores),
-``DIR/eval/metrics.json``, ``DIR/eval/report.md`` + PNG plots, ``quarantine/evaluate/`` (unusable
-benchmark rows with why), ``stats.json["evaluate"]``.
+Every request fits the evaluated model: its max new tokens are clamped to the model's positions minus
+``evaluate.min_prompt_tokens`` (:func:`raydebias.generation.clamp_max_new_tokens`, recorded per request as
+``max_new_tokens_used``), MMLU-Pro drops shots until its prompt fits (the benchmark's own rule), and a
+prompt that still does not fit is quarantined, never cut (:class:`raydebias.evaluate.tasks.Budget`, built
+per evaluated model from its own tokenizer and config). A request whose generation or scoring raises is
+retried alone; if it fails alone too it carries an ``error``, is left out of the metrics and quarantined,
+and the rest of the evaluation completes (as augmentation isolates a failing row).
+
+Outputs: ``DIR/eval/<name>/results.parquet`` (every request with its output, scores and error, if any),
+``DIR/eval/metrics.json`` (metrics per model; ``counts[model][task]``: rows in = kept + quarantined, and
+how many requests were clamped / how many shots MMLU-Pro used), ``DIR/eval/report.md`` + PNG plots,
+``quarantine/evaluate/`` (per evaluated model, named in ``source_file``: the benchmark rows it could not
+use, with reason and detail), ``stats.json["evaluate"]``.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,45 +43,116 @@ from raydebias.evaluate import tasks as T
 log = logging.getLogger(__name__)
 
 
-class Generate:
-    """Greedy / sampled continuations and log-likelihoods from one causal LM, loaded once per actor."""
+def _isolated(fn: Callable[[list[dict]], list[dict]], rows: list[dict], reason: str, what: str) -> list[dict]:
+    """``fn(rows)`` -> one result dict per row; if the batch raises (one bad input, one over-long request,
+    the batch's OOM), every row is redone alone, and a row that fails alone too gets
+    ``{ERROR: "<reason>: <Exception>: <message>"}`` while the others keep their results: one bad request
+    never aborts the evaluation (the same isolation as ``augment.candidates.apply_rows``)."""
+    try:
+        results = fn(rows)
+        if len(results) != len(rows):
+            raise RuntimeError(f"{what}: {len(results)} results for {len(rows)} requests")
+        return results
+    except Exception as batch_error:  # noqa: BLE001 - isolate the bad request, then record it
+        log.warning("%s: batch of %d requests failed (%s: %s); retrying them one by one", what, len(rows),
+                    type(batch_error).__name__, batch_error)
+        _release_accelerator_memory()
+    results = []
+    for row in rows:
+        try:
+            (res,) = fn([row])
+        except Exception as exc:  # noqa: BLE001
+            log.warning("%s: %s request %s failed alone too: %s: %s", what, row.get(T.TASK), row.get(T.ITEM),
+                        type(exc).__name__, exc)
+            _release_accelerator_memory()
+            res = {T.ERROR: f"{reason}: {type(exc).__name__}: {exc}"[:2000]}
+        results.append(res)
+    return results
 
-    def __init__(self, model: str, backend: str, use_gpu: bool, gpu_fraction: float, seed: int):
+
+def _release_accelerator_memory() -> None:
+    """After a failed batch (an OOM is the usual one), give its cached blocks back before the retries."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _with_columns(batch: pa.Table, columns: dict[str, tuple[list, pa.DataType]]) -> pa.Table:
+    """``batch`` with these columns set (replaced where present, appended otherwise)."""
+    for name, (values, typ) in columns.items():
+        arr = pa.array(values, typ)
+        i = batch.schema.get_field_index(name)
+        batch = batch.set_column(i, name, arr) if i >= 0 else batch.append_column(name, arr)
+    return batch
+
+
+class Generate:
+    """Greedy / sampled continuations and log-likelihoods from one causal LM, loaded once per actor.
+
+    Adds ``output``, ``loglik``, ``max_new_tokens_used`` (the request's max new tokens clamped to this
+    model's positions) and ``error`` (requests that failed even alone, or whose prompt does not fit: these
+    are not generated and end in quarantine/evaluate)."""
+
+    def __init__(self, model: str, backend: str, use_gpu: bool, gpu_fraction: float, seed: int,
+                 min_prompt_tokens: int = 1):
         import torch
 
-        from raydebias.generation import make_generator
+        from raydebias.generation import clamp_max_new_tokens, make_generator
 
         torch.set_num_threads(1)
         self.device = "cuda" if use_gpu else "cpu"
         self.gen = make_generator(backend, model, self.device, gpu_fraction=gpu_fraction)
-        self.model_id, self.seed = model, seed
+        self.model_id, self.seed, self.min_prompt_tokens = model, seed, min_prompt_tokens
         self._scorer = None
+        try:
+            clamp_max_new_tokens(1, self.gen.context, min_prompt_tokens)
+        except ValueError as exc:  # a model too short for the config: every request would fail alike
+            raise ConfigError(f"evaluate.min_prompt_tokens: {model}: {exc}") from exc
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from raydebias.generation import GenParams, derive_seed
-
         rows = batch.to_pylist()
-        outputs: list[str | None] = [None] * len(rows)
-        logliks: list[float | None] = [None] * len(rows)
+        res = _isolated(self.answer, rows, T.GENERATION_ERROR, f"evaluate generate ({self.model_id})")
+        return _with_columns(batch, {
+            T.OUTPUT: ([r.get(T.OUTPUT) for r in res], pa.string()),
+            T.LOGLIK: ([r.get(T.LOGLIK) for r in res], pa.float64()),
+            T.MAX_NEW_USED: ([r.get(T.MAX_NEW_USED) for r in res], pa.int32()),
+            T.ERROR: ([r.get(T.ERROR) for r in res], pa.string()),
+        })
+
+    def answer(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One result dict per request row (raises if the model fails on the batch)."""
+        from raydebias.generation import GenParams, clamp_max_new_tokens, derive_seed
+
+        res: list[dict[str, Any]] = [{} for _ in rows]
+        context, tok = self.gen.context, self.gen.tokenizer
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(rows):
-            if r[T.KIND] != "loglik":
-                groups.setdefault((r[T.KIND], r[T.MAX_NEW], r[T.TEMPERATURE], r[T.TOP_P]), []).append(i)
+            if r[T.KIND] == "loglik":
+                continue
+            max_new = clamp_max_new_tokens(int(r[T.MAX_NEW]), context, self.min_prompt_tokens)
+            res[i][T.MAX_NEW_USED] = max_new
+            if context is not None and (n := len(tok(r[T.PROMPT])["input_ids"])) > context - max_new:
+                # The request builder refuses these for the model it was built for; this catches the rest
+                # (e.g. vLLM's max_model_len below the config's positions) instead of cutting the prompt.
+                res[i][T.ERROR] = (f"{T.PROMPT_TOO_LONG}: {n} tokens > {context} - {max_new} (model positions - "
+                                   "max new tokens)")
+                continue
+            groups.setdefault((r[T.KIND], max_new, r[T.TEMPERATURE], r[T.TOP_P]), []).append(i)
         for (kind, max_new, temp, top_p), idx in groups.items():
             sample = kind == "sample"
-            params = GenParams(max_new_tokens=int(max_new), do_sample=sample,
+            params = GenParams(max_new_tokens=max_new, do_sample=sample, min_prompt_tokens=self.min_prompt_tokens,
                                temperature=float(temp) if sample else 1.0, top_p=float(top_p) if sample else 1.0,
                                seed=derive_seed(self.seed, "evaluate", rows[idx[0]][T.ITEM]) if sample else None)
             gens = self.gen.generate([rows[i][T.PROMPT] for i in idx], params)
             for i, g in zip(idx, gens, strict=True):
-                outputs[i] = T.clean_output(rows[i][T.TASK], g[0].text)
+                res[i][T.OUTPUT] = T.clean_output(rows[i][T.TASK], g[0].text)
         ll = [i for i, r in enumerate(rows) if r[T.KIND] == "loglik"]
         if ll:
             for i, v in zip(ll, self.loglik([rows[i][T.PROMPT] for i in ll], [rows[i][T.CONTINUATION] for i in ll]),
                             strict=True):
-                logliks[i] = v
-        return batch.append_column(T.OUTPUT, pa.array(outputs, pa.string())).append_column(
-            T.LOGLIK, pa.array(logliks, pa.float64()))
+                res[i][T.LOGLIK] = v
+        return res
 
     def loglik(self, contexts: list[str], continuations: list[str], batch_size: int = 16) -> list[float]:
         """sum log p(continuation | context), the context and continuation tokenised separately
@@ -78,8 +160,10 @@ class Generate:
         right-padded; each row's continuation tokens are read at their own positions."""
         import torch
 
+        from raydebias.generation import context_length
+
         model, tok = self._hf()
-        limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 1024)
+        limit = context_length(model.config) or 1024
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         seqs = []
         for ctx, cont in zip(contexts, continuations, strict=True):
@@ -134,17 +218,24 @@ class Score:
         self.entities = EntityPrecision(cfg.ner_model)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        todo = [i for i, r in enumerate(rows) if not r.get(T.ERROR)]  # failed generations are not scored
+        res: list[dict[str, Any]] = [{T.ERROR: r.get(T.ERROR)} for r in rows]
+        for i, r in zip(todo, _isolated(self.score, [rows[i] for i in todo], T.SCORING_ERROR, "evaluate score"),
+                        strict=True):
+            res[i] = r
+        cols = {name: ([r.get(name) for r in res], pa.float64())
+                for name in (T.TOXICITY, T.FAITHFULNESS, T.ENTITY_PRECISION, T.ROUGE_L)}
+        return _with_columns(batch, {**cols, T.ERROR: ([r.get(T.ERROR) for r in res], pa.string())})
+
+    def score(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One dict of scores per result row (raises if a scorer fails on the batch)."""
         from raydebias.evaluate.truthfulqa import rouge
 
-        rows = batch.to_pylist()
-        n = len(rows)
-        tox: list[float | None] = [None] * n
-        faith: list[float | None] = [None] * n
-        ents: list[float | None] = [None] * n
-        rl: list[float | None] = [None] * n
+        res: list[dict[str, Any]] = [{} for _ in rows]
         gen = [i for i, r in enumerate(rows) if r[T.TASK] in T.GENERATIVE]
         for i, v in zip(gen, self.toxicity.score([rows[i][T.OUTPUT] or "" for i in gen]), strict=True):
-            tox[i] = float(v)
+            res[i][T.TOXICITY] = float(v)
         tl = [i for i in gen if rows[i][T.TASK] == "tldr"]
         if tl:
             payload = [json.loads(rows[i][T.PAYLOAD]) for i in tl]
@@ -152,10 +243,8 @@ class Score:
             srcs = [p["source"] for p in payload]
             for i, f, e, p, o in zip(tl, self.nli.score(srcs, outs), self.entities.score(srcs, outs), payload, outs,
                                      strict=True):
-                faith[i], ents[i], rl[i] = f, e, rouge(o, p["reference"])["rougeL"]
-        for name, vals in ((T.TOXICITY, tox), (T.FAITHFULNESS, faith), (T.ENTITY_PRECISION, ents), (T.ROUGE_L, rl)):
-            batch = batch.append_column(name, pa.array(vals, pa.float64()))
-        return batch
+                res[i].update({T.FAITHFULNESS: f, T.ENTITY_PRECISION: e, T.ROUGE_L: rouge(o, p["reference"])["rougeL"]})
+        return res
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,48 +252,92 @@ class Score:
 # --------------------------------------------------------------------------------------------------
 
 
-def build_requests(cfg: Config, out: Any) -> tuple[pa.Table, list[dict[str, Any]], dict[str, int]]:
-    """Every configured benchmark as one request table, the quarantined rows, and rows in per task."""
+def read_benchmarks(cfg: Config, out: Any) -> dict[str, list[dict[str, Any]]]:
+    """The rows of every configured benchmark, read once for all evaluated models."""
     from raydebias.evaluate.sources import read_rows
 
     e = cfg.evaluate
-    reqs: list[dict] = []
-    bad: list[dict] = []
-    rows_in: dict[str, int] = {}
+    rows: dict[str, list[dict[str, Any]]] = {}
     if "tldr" in e.tasks:
         src = out.sources_dir("eval")
         if not src.complete:
             from raydebias.data import run_data_stage
 
             run_data_stage(cfg, out)
-        held = src.read_table().to_pylist() if src.glob("*.parquet") else []
-        r = T.tldr_requests(held, e)
-        reqs += r
-        rows_in["tldr"] = len(r)  # the data stage already quarantined bad rows (quarantine/data)
+        rows["tldr"] = src.read_table().to_pylist() if src.glob("*.parquet") else []
     if "truthfulqa" in e.tasks:
-        gen, mc = read_rows(e.truthfulqa_source), read_rows(e.truthfulqa_mc_source)
-        r, b = T.truthfulqa_requests(gen, mc, e)
-        reqs += r
-        bad += b
-        rows_in["truthfulqa_gen"] = len(T.limit_rows(gen, e))
-        rows_in["truthfulqa_mc1"] = len(T.limit_rows(mc, e))
+        rows["truthfulqa_gen"], rows["truthfulqa_mc1"] = read_rows(e.truthfulqa_source), read_rows(e.truthfulqa_mc_source)
     if "rtp" in e.tasks:
-        rows = read_rows(e.rtp_source)
-        r, b = T.rtp_requests(rows, e)
-        reqs += r
-        bad += b
-        rows_in["rtp"] = len(T.limit_rows(rows, e))
+        rows["rtp"] = read_rows(e.rtp_source)
     if "mmlu_pro" in e.tasks:
-        test, val = read_rows(e.mmlu_pro_source, "test"), read_rows(e.mmlu_pro_source, "validation")
-        r, b = T.mmlu_pro_requests(test, val, e)
+        rows["mmlu_pro"] = read_rows(e.mmlu_pro_source, "test")
+        rows["mmlu_pro_validation"] = read_rows(e.mmlu_pro_source, "validation")
+    return rows
+
+
+def build_requests(bench: dict[str, list[dict[str, Any]]], cfg: Config, budget: T.Budget | None = None
+                   ) -> tuple[pa.Table, list[dict[str, Any]], dict[str, int]]:
+    """Every benchmark of ``bench`` as one request table, the quarantined rows, and rows in per task.
+    With the evaluated model's ``budget``, MMLU-Pro drops shots to fit and prompts that do not fit are
+    quarantined (:func:`tasks.fit_requests`); without it, requests are built as the benchmarks define them."""
+    e = cfg.evaluate
+    reqs: list[dict] = []
+    bad: list[dict] = []
+    rows_in: dict[str, int] = {}
+    if "tldr" in bench:
+        reqs += T.tldr_requests(bench["tldr"], e)  # the data stage already quarantined bad rows (quarantine/data)
+        rows_in["tldr"] = len(T.limit_rows(bench["tldr"], e))
+    if "truthfulqa_gen" in bench:
+        r, b = T.truthfulqa_requests(bench["truthfulqa_gen"], bench["truthfulqa_mc1"], e)
         reqs += r
         bad += b
-        rows_in["mmlu_pro"] = len(T.limit_rows(test, e))
+        rows_in["truthfulqa_gen"] = len(T.limit_rows(bench["truthfulqa_gen"], e))
+        rows_in["truthfulqa_mc1"] = len(T.limit_rows(bench["truthfulqa_mc1"], e))
+    if "rtp" in bench:
+        r, b = T.rtp_requests(bench["rtp"], e)
+        reqs += r
+        bad += b
+        rows_in["rtp"] = len(T.limit_rows(bench["rtp"], e))
+    if "mmlu_pro" in bench:
+        r, b = T.mmlu_pro_requests(bench["mmlu_pro"], bench["mmlu_pro_validation"], e, budget)
+        reqs += r
+        bad += b
+        rows_in["mmlu_pro"] = len(T.limit_rows(bench["mmlu_pro"], e))
+    if budget is not None:
+        reqs, b = T.fit_requests(reqs, budget)
+        bad += b
     return pa.Table.from_pylist(reqs, schema=T.REQUEST_SCHEMA), bad, rows_in
 
 
+def model_budget(model: str, e: EvalConfig) -> T.Budget:
+    """The positions and tokenizer of ``model`` itself (a trained model and its base usually agree, but
+    ``evaluate.model``/``evaluate.base`` may be any two models): its tokenizer through
+    :func:`raydebias.models.load_tokenizer`, its positions from the config in the same resolved directory
+    the generation actors load (``AutoConfig`` on :func:`raydebias.models.resolve_model`)."""
+    from transformers import AutoConfig
+
+    from raydebias.generation import clamp_max_new_tokens, context_length
+    from raydebias.models import load_tokenizer, resolve_model
+
+    tok = load_tokenizer(model)
+    context = context_length(AutoConfig.from_pretrained(resolve_model(model), trust_remote_code=False))
+    try:
+        clamp_max_new_tokens(1, context, e.min_prompt_tokens)
+    except ValueError as exc:
+        raise ConfigError(f"evaluate.min_prompt_tokens: {model}: {exc}") from exc
+    for key in ("max_new_tokens", "truthfulqa_max_new_tokens", "rtp_max_new_tokens", "mmlu_pro_max_new_tokens"):
+        asked = getattr(e, key)
+        if (got := clamp_max_new_tokens(asked, context, e.min_prompt_tokens)) < asked:
+            log.warning("evaluate: %s has %d positions: evaluate.%s=%d is clamped to %d (evaluate.min_prompt_tokens"
+                        "=%d keeps the rest for the prompt)", model, context, key, asked, got, e.min_prompt_tokens)
+    return T.Budget(context, e.min_prompt_tokens, lambda prompt: len(tok(prompt)["input_ids"]))
+
+
 def run_model(requests: pa.Table, model: str, cfg: Config, use_gpu: bool) -> list[dict[str, Any]]:
-    """Generate with ``model`` and score, on Ray Data actor pools; the scored rows (small) come back."""
+    """Generate with ``model`` and score, on Ray Data actor pools; the scored rows (small) come back, failed
+    requests with an ``error`` (:func:`tasks.split_failed` / :func:`tasks.metrics` leave them out)."""
+    if requests.num_rows == 0:
+        return []
     import ray.data
     from ray.data import ActorPoolStrategy
 
@@ -215,7 +348,8 @@ def run_model(requests: pa.Table, model: str, cfg: Config, use_gpu: bool) -> lis
                         compute=ActorPoolStrategy(size=g.actors), num_cpus=g.num_cpus,
                         num_gpus=g.num_gpus if use_gpu else 0,
                         fn_constructor_kwargs={"model": model, "backend": e.backend, "use_gpu": use_gpu,
-                                               "gpu_fraction": g.num_gpus, "seed": cfg.seed})
+                                               "gpu_fraction": g.num_gpus, "seed": cfg.seed,
+                                               "min_prompt_tokens": e.min_prompt_tokens})
     ds = ds.map_batches(Score, batch_format="pyarrow", batch_size=s.batch_size,
                         compute=ActorPoolStrategy(size=s.actors), num_cpus=s.num_cpus,
                         num_gpus=s.num_gpus if use_gpu else 0,
@@ -241,38 +375,48 @@ def run_evaluate_stage(cfg: Config, out: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     gpu = use_gpus(cfg.device)
     which = models_to_evaluate(cfg, out)
-    requests, bad, rows_in = build_requests(cfg, out)
+    bench = read_benchmarks(cfg, out)
     eval_dir = out.root / "eval"
     results: dict[str, Any] = {}
+    counts: dict[str, dict[str, Any]] = {}
+    n_requests: dict[str, int] = {}
+    quarantined: list[tuple[str, dict[str, Any]]] = []
     for name, model in which.items():
-        log.info("evaluate: %s = %s on %d requests", name, model, requests.num_rows)
+        # Per model: shots and clamps depend on the model's own tokenizer and positions.
+        requests, bad, rows_in = build_requests(bench, cfg, model_budget(model, cfg.evaluate))
+        log.info("evaluate: %s = %s on %d requests (%d benchmark rows refused)", name, model, requests.num_rows,
+                 len(bad))
         scored = run_model(requests, model, cfg, gpu)
         if len(scored) != requests.num_rows:
             raise AssertionError(f"evaluate: {requests.num_rows} requests in, {len(scored)} results out ({name})")
-        out.write_table(pa.Table.from_pylist(scored), eval_dir / name)
-        results[name] = {"id": model, "metrics": T.metrics(scored)}
-    q = T.quarantine_counts(bad)
-    counts = {t: {"rows_in": n, "kept": n - sum(q.get(t, {}).values()), "quarantined": q.get(t, {})}
-              for t, n in rows_in.items()}
+        out.write_table(pa.Table.from_pylist(scored, schema=T.RESULT_SCHEMA), eval_dir / name)
+        kept, q, counts[name] = T.account(rows_in, bad, scored)
+        results[name] = {"id": model, "metrics": T.metrics(kept)}
+        quarantined += [(name, entry) for entry in q]
+        n_requests[name] = requests.num_rows
     metrics = {"models": results, "counts": counts, "config": config_to_dict(cfg)["evaluate"]}
     (eval_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
     with tempfile.TemporaryDirectory(prefix="raydebias-report-") as tmp:
         write_report(metrics, Path(tmp))
         eval_dir.put_files(Path(tmp))
-    out.write_table(_quarantine_table(bad), out.quarantine_dir("evaluate"))
-    stats = {"models": {k: v["id"] for k, v in results.items()}, "requests": requests.num_rows, "counts": counts,
+    out.write_table(quarantine_table(quarantined), out.quarantine_dir("evaluate"))
+    stats = {"models": {k: v["id"] for k, v in results.items()}, "requests": n_requests, "counts": counts,
              "seconds": round(time.perf_counter() - t0, 2), "report": str(eval_dir / "report.md")}
     out.update_stats("evaluate", stats)
     return stats
 
 
-def _quarantine_table(bad: list[dict[str, Any]]) -> pa.Table:
-    n = len(bad)
+def quarantine_table(entries: list[tuple[str, dict[str, Any]]]) -> pa.Table:
+    """(evaluated model name, quarantine entry) pairs -> QUARANTINE_SCHEMA rows: split = task,
+    source_file = the model ("model" / "base") whose evaluation could not use the row."""
+    n = len(entries)
     return pa.Table.from_arrays(
-        [pa.array(["evaluate"] * n), pa.array([b["task"] for b in bad]), pa.array([b["reason"] for b in bad]),
-         pa.array([b["reason"] for b in bad]), pa.array(["benchmark"] * n), pa.array([-1] * n, pa.int64()),
-         pa.array([b["item"] for b in bad]), pa.array([b["raw"] for b in bad])],
+        [pa.array(["evaluate"] * n), pa.array([b["task"] for _, b in entries]),
+         pa.array([b["reason"] for _, b in entries]), pa.array([b.get("detail", b["reason"]) for _, b in entries]),
+         pa.array([name for name, _ in entries]), pa.array([-1] * n, pa.int64()),
+         pa.array([b["item"] for _, b in entries]), pa.array([b["raw"] for _, b in entries])],
         schema=S.QUARANTINE_SCHEMA)
 
 
-__all__ = ["Generate", "Score", "build_requests", "models_to_evaluate", "run_evaluate_stage", "run_model"]
+__all__ = ["Generate", "Score", "build_requests", "model_budget", "models_to_evaluate", "quarantine_table",
+           "read_benchmarks", "run_evaluate_stage", "run_model"]

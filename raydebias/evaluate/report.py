@@ -87,9 +87,15 @@ def write_report(metrics: dict[str, Any], out_dir: Path) -> Path:
         md.append("## MMLU-Pro per subject (accuracy)\n")
         md.append(markdown_table(["subject", *names], [[s, *(_fmt(_get(subj[n], s, "acc")) for n in names)] for s in all_s]))
     md.append("## Rows per benchmark\n")
-    md.append(markdown_table(["task", "rows in", "kept", "quarantined"],
-                     [[t, str(c["rows_in"]), str(c["kept"]), ", ".join(f"{k}: {v}" for k, v in c["quarantined"].items())
-                       or "0"] for t, c in metrics["counts"].items()]))
+    md.append("Per evaluated model: rows in = kept + quarantined (quarantine/evaluate says why, per row); "
+              "*clamped*: kept requests whose max new tokens were cut to the model's positions "
+              "(evaluate.min_prompt_tokens); *shots*: MMLU-Pro questions per number of worked examples.\n")
+    md.append(markdown_table(
+        ["model", "task", "rows in", "kept", "quarantined", "clamped", "shots"],
+        [[n, t, str(c["rows_in"]), str(c["kept"]),
+          ", ".join(f"{k}: {v}" for k, v in c["quarantined"].items()) or "0", str(c.get("clamped", 0)),
+          ", ".join(f"{k}: {v}" for k, v in (c.get("shots") or {}).items())]
+         for n, per_task in metrics["counts"].items() for t, c in per_task.items()]))
     for png in _plots(models, subj, out_dir):
         md.append(f"![{png.stem}]({png.name})\n")
     path = out_dir / "report.md"

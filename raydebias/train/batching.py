@@ -6,9 +6,14 @@ sampled, with a different sample each epoch (CLIFF rotates negatives), determini
 (seed, epoch, source id) so that a resumed run sees the same sample. A group with fewer than two
 positives cannot form a positive pair: only its reference is encoded, for L_ce (SPEC §4).
 
-Every candidate is encoded as ``prompt + " " + candidate + eos``, right-padded. When that exceeds
-``max_length``, the PROMPT is cut (its middle: the head with subreddit/title and the "TL;DR:" cue are
-kept), never the summary; a summary longer than half of ``max_length`` is itself cut to that half.
+One tokenisation for training and generation (:func:`encode_example`): a candidate is the prompt's
+ids EXACTLY as generation conditions on them (``tokenizer(prompt)``, the tokenizer's own special tokens:
+<s> for Llama, none for GPT-2/Phi; see ``raydebias.generation.HFGenerator``), then the candidate's ids
+as a CONTINUATION of that prompt (the tokens of ``prompt + " " + candidate`` after the prompt's, i.e.
+what the model emits when it generates the candidate), then eos; right-padded. When that exceeds
+``max_length``, the PROMPT is cut (its middle: the leading special tokens and the head with
+subreddit/title come first, the "TL;DR:" cue stays last), never the summary; a summary longer than half
+of ``max_length`` is itself cut to that half.
 """
 
 from __future__ import annotations
@@ -22,11 +27,11 @@ import torch
 from torch import Tensor
 
 from raydebias import schema as S
-from raydebias.prompts import format_prompt
+from raydebias.prompts import PROMPT_END, format_prompt
 
 REFERENCE_OP, TOXIC_OP = "reference", "toxic_rewrite"
 POSITIVES, NEGATIVES = "positives", "negatives"
-_CUE = "\nTL;DR:"
+_CUE = "\n" + PROMPT_END  # the cue every prompt ends with (SPEC §1)
 
 
 @dataclass
@@ -73,14 +78,110 @@ def sample_candidates(row: dict[str, Any], max_positives: int | None, max_negati
     return pos, neg
 
 
-def entity_token_mask(offsets: Sequence[tuple[int, int]], entities: Sequence[dict] | None, shift: int) -> list[int]:
+def entity_token_mask(offsets: Sequence[tuple[int, int]], entities: Sequence[dict] | None, shift: int = 0) -> list[int]:
     """1 for tokens overlapping a named-entity character span, else 0.
 
     ``offsets`` are the tokens' character spans in the ENCODED text, which is the candidate text with
-    ``shift`` characters prepended (the separating space); entity spans are in the candidate text.
+    ``shift`` characters prepended; entity spans are in the candidate text. (:func:`encode_continuation`
+    already gives spans relative to the candidate: shift 0; its first token may start at -1, the space.)
     """
     spans = [(e["start"] + shift, e["end"] + shift) for e in entities or []]
     return [int(b > a and any(a < e and b > s for s, e in spans)) for a, b in offsets]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt as generation sees it: ``ids = tokenizer(text)["input_ids"]`` (its own special tokens).
+
+    ``n_special``: leading special tokens (Llama's <s>), kept first when the prompt is cut;
+    ``n_cue``: trailing tokens that hold the "\\nTL;DR:" cue (0 when the text does not end with it),
+    kept last.
+    """
+
+    text: str
+    ids: list[int]
+    n_special: int
+    n_cue: int
+
+
+def encode_prompt(tokenizer: Any, text: str) -> Prompt:
+    """Tokenise a prompt exactly as ``HFGenerator`` does (``tokenizer(prompts, padding=True, ...)``:
+    default special tokens), with the counts :meth:`Collator.fit` needs to cut it."""
+    enc = tokenizer(text, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+    special = set(tokenizer.all_special_ids)
+    n_special = 0
+    while n_special < len(ids) and ids[n_special] in special:
+        n_special += 1
+    n_cue = 0
+    if text.endswith(_CUE):
+        cue_start = len(text) - len(_CUE)
+        while n_cue < len(ids) - n_special and offsets[len(ids) - 1 - n_cue][1] > cue_start:
+            n_cue += 1
+    return Prompt(text, ids, n_special, n_cue)
+
+
+def encode_continuation(tokenizer: Any, prompt: Prompt, text: str,
+                        full: dict | None = None) -> tuple[list[int], list[tuple[int, int]]]:
+    """``text``'s token ids as a continuation of ``prompt``, and their character spans in ``text``.
+
+    The rule: encode ``prompt.text + " " + text`` (default special tokens, as generation encodes the
+    prompt); when ``prompt.ids`` is a prefix of that encoding (always, for the kit's and the paper's
+    tokenizers on prompts ending in "TL;DR:"), the continuation is the rest. That is the tokenisation
+    a model emits after the prompt: no separate encoding of ``" " + text``, so no spurious leading "▁"
+    (SentencePiece) and no second <s>.
+
+    Fallback, when a token of the full encoding straddles the prompt's end (a merge across the
+    boundary, e.g. ":" + " " -> ": "): generation conditions on ``prompt.ids`` regardless, so those
+    stay; the continuation keeps every token of the full encoding that starts after the straddling one,
+    preceded by the part of the straddling token(s) beyond the prompt, re-tokenised on its own by the
+    tokenizer's model (in its token alphabet, so ``decode(prompt.ids + ids)`` is still
+    ``prompt.text + " " + text``). Its tokens get the straddling span. A ValueError if the prompt's
+    tokens are not a prefix of the full encoding even as strings (a tokenizer that appends </s>).
+
+    ``full``: the tokenizer's output for ``prompt.text + " " + text`` with ``return_offsets_mapping``
+    when the caller batched it. Spans are relative to ``text``: the token holding the separating space
+    may start at -1.
+    """
+    if full is None:
+        full = tokenizer(prompt.text + " " + text, return_offsets_mapping=True)
+    ids, offsets = list(full["input_ids"]), [tuple(o) for o in full["offset_mapping"]]
+    base = len(prompt.text) + 1
+    n = len(prompt.ids)
+    if ids[:n] == prompt.ids:
+        tail_ids, tail_offsets = ids[n:], offsets[n:]
+    else:
+        tail_ids, tail_offsets = _continuation_after_merge(tokenizer, prompt, ids, offsets)
+    return tail_ids, [(a - base, b - base) for a, b in tail_offsets]
+
+
+def _continuation_after_merge(tokenizer: Any, prompt: Prompt, ids: list[int],
+                              offsets: list[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
+    """The fallback of :func:`encode_continuation` (a token straddles the prompt's end)."""
+    head = "".join(tokenizer.convert_ids_to_tokens(prompt.ids))
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    j, covered = 0, 0
+    while j < len(pieces) and covered < len(head):
+        covered += len(pieces[j])
+        j += 1
+    joined = "".join(pieces[:j])
+    if not joined.startswith(head):
+        raise ValueError(
+            f"cannot encode a candidate as a continuation of its prompt with {type(tokenizer).__name__}: the "
+            f"prompt's tokens {head[-40:]!r} are not a prefix of the tokens of prompt + candidate "
+            f"{joined[-40:]!r} (does the tokenizer append a special token such as </s>?)")
+    fragment = joined[len(head):]
+    model = tokenizer.backend_tokenizer.model
+    frag_ids = [t.id for t in model.tokenize(fragment)] if fragment else []
+    span = (len(prompt.text), offsets[j - 1][1])
+    return frag_ids + ids[j:], [span] * len(frag_ids) + offsets[j:]
+
+
+def encode_example(tokenizer: Any, prompt_text: str, summary_text: str) -> tuple[list[int], list[int]]:
+    """(prompt_ids, summary_ids) as training uses them, before any cut and without eos: the prompt as
+    generation tokenises it, the summary as its continuation (:func:`encode_continuation`)."""
+    prompt = encode_prompt(tokenizer, prompt_text)
+    return list(prompt.ids), encode_continuation(tokenizer, prompt, summary_text)[0]
 
 
 class Collator:
@@ -95,38 +196,46 @@ class Collator:
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
         if self.eos is None:
             raise ValueError(f"tokenizer {type(tokenizer).__name__} has no eos token: the LM cannot learn to stop")
-        self.cue = tokenizer(_CUE, add_special_tokens=False)["input_ids"]
 
-    def prompt_ids(self, row: dict[str, Any]) -> list[int]:
-        text = format_prompt(row[S.POST], row.get(S.SUBREDDIT), row.get(S.TITLE))
-        return self.tok(text, add_special_tokens=False)["input_ids"]
+    def prompt(self, row: dict[str, Any]) -> Prompt:
+        return encode_prompt(self.tok, format_prompt(row[S.POST], row.get(S.SUBREDDIT), row.get(S.TITLE)))
 
-    def fit(self, prompt: list[int], n_summary: int) -> list[int]:
-        """Cut the middle of the prompt so that prompt + summary + eos <= max_length."""
-        budget = self.max_length - n_summary - 1
+    def fit(self, prompt: list[int], n_summary: int, n_special: int = 0, n_cue: int = 0) -> list[int]:
+        """Cut the middle of the prompt so that prompt + summary + eos <= max_length.
+
+        The first ``n_special`` tokens (<s>) stay first and the last ``n_cue`` ("TL;DR:") stay last; the
+        head after the special tokens (subreddit, title, start of the post) fills the rest.
+        """
+        budget = max(self.max_length - n_summary - 1, 0)
         if len(prompt) <= budget:
             return prompt
-        tail = min(len(self.cue), budget // 2)
-        return prompt[: budget - tail] + (prompt[-tail:] if tail else [])
+        head = prompt[: min(n_special, budget)]
+        room = budget - len(head)
+        tail = min(n_cue, room)
+        middle = room - tail
+        return head + prompt[len(head): len(head) + middle] + (prompt[len(prompt) - tail:] if tail else [])
 
-    def encode(self, prompt: list[int], text: str, entities: Sequence[dict] | None):
-        enc = self.tok(" " + text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    def encode(self, prompt: Prompt, text: str, entities: Sequence[dict] | None, full: dict | None = None):
+        ids, offsets = encode_continuation(self.tok, prompt, text, full)
         cap = self.max_length // 2
         ids, offsets = ids[:cap], offsets[:cap]
-        ent = entity_token_mask(offsets, entities, shift=1)
+        ent = entity_token_mask(offsets, entities)
         summary_mask = ent if any(ent) else [1] * len(ids)  # fall back to every summary token (eq. 5)
-        p = self.fit(prompt, len(ids))
+        p = self.fit(prompt.ids, len(ids), prompt.n_special, prompt.n_cue)
         return p + ids + [self.eos], [0] * len(p) + summary_mask + [0], len(p)
 
     def __call__(self, rows: Sequence[dict[str, Any]], epoch: int) -> Batch:
         seqs, pools, prompt_lens, group, positive, ops, lm_rows, toxic = [], [], [], [], [], [], [], []
         for g, row in enumerate(rows):
             pos, neg = sample_candidates(row, self.max_positives, self.max_negatives, self.seed, epoch)
-            prompt = self.prompt_ids(row)
+            prompt = self.prompt(row)
             toxic.append(any(c["op"] == TOXIC_OP for c in neg))
-            for k, c in enumerate(pos + neg):
-                ids, pm, plen = self.encode(prompt, c["text"], c.get("entities"))
+            cands = pos + neg
+            # One tokenizer call per group for every prompt + " " + candidate (fast tokenizers batch it).
+            fulls = self.tok([prompt.text + " " + c["text"] for c in cands], return_offsets_mapping=True)
+            for k, c in enumerate(cands):
+                full = {"input_ids": fulls["input_ids"][k], "offset_mapping": fulls["offset_mapping"][k]}
+                ids, pm, plen = self.encode(prompt, c["text"], c.get("entities"), full)
                 if k == 0:
                     lm_rows.append(len(seqs))
                 seqs.append(ids)
@@ -162,4 +271,5 @@ class Collator:
         return self([row], epoch=0)
 
 
-__all__ = ["Batch", "Collator", "entity_token_mask", "sample_candidates"]
+__all__ = ["Batch", "Collator", "Prompt", "encode_continuation", "encode_example", "encode_prompt",
+           "entity_token_mask", "sample_candidates"]

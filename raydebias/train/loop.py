@@ -1,116 +1,153 @@
-"""The training loop each Ray Train worker runs, top to bottom (SPEC §3-§5; paper Section 4.3, App. F).
+"""The training loop each worker runs, top to bottom (SPEC §3-§5; paper Section 4.3, App. F).
 
-    load LM + head -> FSDP2 fully_shard per block, then the root -> AdamW + linear warm-up schedule
-    -> restore the last checkpoint (model, head, optimizer, scheduler, scaler, step, epoch, ids consumed)
+    LM + head built on the META device -> [activation checkpointing per block] -> FSDP2 fully_shard per
+    block, then the root -> storage on the device (to_empty) -> weights read ONCE, by rank 0, and
+    broadcast into the shards -> AdamW + linear warm-up schedule [+ sharded grad scaler for fp16]
+    -> resume: each rank loads its own shards of the last checkpoint (model, optimizer) + scheduler,
+       scaler, step, epoch, ids consumed
     -> per epoch: whole groups from this worker's shard -> L = L_ce + alpha * w_tox * L_cl -> step
     -> at each epoch end, validation losses on held-out groups when a ``val`` dataset is given (sweeps)
-    -> checkpoint every N steps and at each epoch end (full state dict, written by rank 0).
+    -> sharded checkpoint (torch.distributed.checkpoint) every N steps and at each epoch end
+    -> the workers export the final model (rank 0 gathers the weights on its CPU and writes them).
+
+No rank ever holds more than its shards on its device; only rank 0 holds one full CPU copy of the
+weights, once while loading and once while exporting (Llama-2-7B: 8 ranks x 1/8 of the fp32 weights and
+AdamW state on the GPUs instead of 8 full copies).
+
+The loop talks to its runner through a :class:`Session` (datasets, reports, checkpoints): Ray Train in
+production (:class:`RaySession`), a plain process group in ``bench/gpu_check.py`` and the tests
+(:class:`LocalSession`). Its own collectives go through :class:`raydebias.train.distributed.Comm`, whose
+tensors live on the model's device (NCCL accepts nothing else).
 
 Data position: the checkpoint records the source ids consumed in the current epoch, gathered from every
 rank. A resumed run skips exactly those rows of that epoch, whichever worker the new split hands them to,
 so a restart neither repeats nor loses a group (Ray Data's shard split is not deterministic across runs).
 
 Uneven shards: Ray Data splits rows unevenly (``equal=False``: nothing is dropped to even them out), but
-FSDP2 needs every rank in every collective. Each step the ranks agree (all-reduce) whether anyone still
-has data; a rank that ran out steps on a filler batch whose loss is multiplied by 0.
+FSDP2 needs every rank in every collective. Each step the ranks agree whether anyone still has data; a
+rank that ran out steps on a filler batch whose loss is multiplied by 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import random
+import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import pyarrow as pa
 import torch
-import torch.distributed as dist
 
 from raydebias.config import Config
 from raydebias.train.batching import Batch, Collator
+from raydebias.train.checkpoint import STATE_META, export_hf, load_sharded, save_sharded
+from raydebias.train.distributed import Comm
 from raydebias.train.loss import contrastive_accuracy, contrastive_loss, lm_loss, weighted_contrastive_loss
 from raydebias.train.model import ContrastiveLM, transformer_blocks
 
 log = logging.getLogger(__name__)
 
-STATE_WEIGHTS, STATE_TRAINER, STATE_META = "model.safetensors", "trainer_state.pt", "meta.json"
 # dataset names: the live augmentation stream (epoch 0), the written parts, held-out groups (optional)
 STREAM, TRAIN, VAL = "stream", "train", "val"
+_HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# --------------------------------------------------------------------------------------------------
+# Precision and model
+# --------------------------------------------------------------------------------------------------
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """bf16 compute on this device: CUDA asks the GPU (Ampere and later); CPUs run bf16 in torch."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return True
 
 
 def resolve_precision(precision: str, bf16_when_supported: bool, device: torch.device) -> str:
-    """fp32 | fp16 | bf16 actually used: fp16 presets train in bf16 where the GPU supports it (SPEC §5);
-    on CPU everything trains in fp32 (CPU half-precision matmuls are slow and gloo reductions in half
-    precision are not what the presets mean)."""
-    if device.type != "cuda":
-        return "fp32"
-    if precision == "fp16" and bf16_when_supported and torch.cuda.is_bf16_supported():
+    """fp32 | fp16 | bf16 actually used: fp16 presets train in bf16 where the device supports it (SPEC §5),
+    on GPUs and CPUs alike, so a CPU rehearsal runs the precision the GPU run will use."""
+    if precision == "fp16" and bf16_when_supported and bf16_supported(device):
         return "bf16"
     return precision
 
 
-def build_model(cfg: Config, device: torch.device, precision: str) -> tuple[ContrastiveLM, Any]:
-    """LM + head, sharded with FSDP2: each transformer block, then the root (LM embeddings, head)."""
+def enable_activation_checkpointing(lm: torch.nn.Module) -> None:
+    """Recompute each transformer block's activations in the backward pass (Hugging Face's per-layer
+    checkpointing, non-reentrant: the variant that composes with FSDP2)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5.20
+        lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def build_model(cfg: Config, device: torch.device, precision: str, comm: Comm) -> tuple[ContrastiveLM, Any]:
+    """LM + head, sharded with FSDP2 (each transformer block, then the root), weights loaded once.
+
+    Built on the meta device (no memory), sharded, given storage on ``device``, then filled: rank 0 reads
+    the checkpoint (``from_pretrained`` on CPU) and initialises the head from ``cfg.seed``; the other
+    ranks receive their shards from it (``broadcast_from_rank0``). Buffers outside the state dict
+    (rotary ``inv_freq``) are broadcast from rank 0 as well.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    from raydebias.models import load_model
+    from raydebias.models import load_model, load_tokenizer, resolve_model
 
-    lm, tok = load_model(cfg.train.model, "causal_lm", device="cpu", dtype=torch.float32)
-    torch.manual_seed(cfg.seed)  # the head starts identical on every rank before it is sharded
-    model = ContrastiveLM(lm, cfg.train.proj_dim).to(device)
-    model.train()
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    t = cfg.train
+    tok = load_tokenizer(t.model)
+    if tok.pad_token is None:  # as load_model does for every causal LM
+        tok.pad_token = tok.eos_token
+    lm_config = AutoConfig.from_pretrained(resolve_model(t.model), trust_remote_code=False)
+    with torch.device("meta"):
+        lm = AutoModelForCausalLM.from_config(lm_config, trust_remote_code=False, dtype=torch.float32)
+        model = ContrastiveLM(lm, t.proj_dim)
+    if t.activation_checkpointing:
+        enable_activation_checkpointing(lm)
+    mesh = init_device_mesh(device.type, (comm.world,))
     mp = MixedPrecisionPolicy()  # fp32
-    if precision in ("bf16", "fp16"):
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    if precision in _HALF:  # compute in half precision, fp32 master weights, fp32 gradient reduction
+        mp = MixedPrecisionPolicy(param_dtype=_HALF[precision], reduce_dtype=torch.float32)
     for block in transformer_blocks(lm):
         fully_shard(block, mesh=mesh, mp_policy=mp)
     fully_shard(model, mesh=mesh, mp_policy=mp)
+    model.to_empty(device=device)
+
+    full: dict[str, torch.Tensor] = {}
+    source: ContrastiveLM | None = None
+    if comm.rank == 0:
+        cpu_lm, _ = load_model(t.model, "causal_lm", device="cpu", dtype=torch.float32)
+        torch.manual_seed(cfg.seed)  # the head's initialisation
+        source = ContrastiveLM(cpu_lm, t.proj_dim)
+        full = source.state_dict()
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    persistent = set(model.state_dict())
+    src_buffers = dict(source.named_buffers()) if source is not None else {}
+    for name, buf in model.named_buffers():  # same order on every rank
+        if name in persistent:
+            continue
+        if comm.rank == 0:
+            buf.copy_(src_buffers[name].to(buf.device))
+        comm.broadcast_tensor_(buf)
+    del full, source, src_buffers
+    model.train()
     return model, tok
 
 
-def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """Full (unsharded) model and optimizer state dicts on CPU. A collective: every rank calls it."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
-
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
-
-
-def load_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt_dir: Path) -> dict:
-    """Every rank loads the full state from a checkpoint directory and keeps its shards."""
-    from safetensors.torch import load_file
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
-
-    opts = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(model, load_file(str(ckpt_dir / STATE_WEIGHTS)), options=opts)
-    trainer_state = torch.load(ckpt_dir / STATE_TRAINER, weights_only=True)
-    set_optimizer_state_dict(model, optimizer, trainer_state.pop("optimizer"), options=opts)
-    trainer_state.update(json.loads((ckpt_dir / STATE_META).read_text()))
-    return trainer_state
-
-
-def save_state(out_dir: Path, model_sd: dict, optim_sd: dict, scheduler, scaler, meta: dict) -> None:
-    from safetensors.torch import save_file
-
-    # clone: tied weights (GPT-2's wte / lm_head) share storage, which safetensors refuses to write
-    save_file({k: v.detach().clone().contiguous() for k, v in model_sd.items()}, str(out_dir / STATE_WEIGHTS))
-    torch.save({"optimizer": optim_sd, "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None}, out_dir / STATE_TRAINER)
-    (out_dir / STATE_META).write_text(json.dumps(meta))
+# --------------------------------------------------------------------------------------------------
+# One step
+# --------------------------------------------------------------------------------------------------
 
 
 class WarmupLinear:
@@ -133,7 +170,7 @@ def step_losses(model: ContrastiveLM, batch: Batch, cfg: Config) -> dict[str, to
     """One forward: L_ce (eq. 6), L_cl with w_tox (eq. 7-9), total, and accuracy counts."""
     t = cfg.train
     reps, logits = model(batch.input_ids, batch.attention_mask, batch.pool_mask, batch.lm_rows)
-    l_ce, n_lm = lm_loss(logits, batch.labels, t.label_smoothing)
+    l_ce, n_lm = lm_loss(logits.float(), batch.labels, t.label_smoothing)
     reps = reps.float()
     if t.toxic_weight_scope == "group":
         w = torch.where(batch.group_toxic, t.toxic_weight, 1.0).to(reps)
@@ -146,7 +183,122 @@ def step_losses(model: ContrastiveLM, batch: Batch, cfg: Config) -> dict[str, to
             "lm_tokens": n_lm}
 
 
-def _next_rows(it, skip: set[str]) -> list[dict] | None:
+# --------------------------------------------------------------------------------------------------
+# Sessions: what the loop needs from whoever runs it
+# --------------------------------------------------------------------------------------------------
+
+
+class Session(Protocol):
+    """The loop's view of its runner. ``rank``/``world`` of the process group, ``device`` of the model."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    def has_dataset(self, name: str) -> bool: ...
+
+    def batches(self, name: str, batch_size: int, shuffle_seed: int | None) -> Iterator[pa.Table]:
+        """This rank's share of dataset ``name`` in batches of source rows (shuffled locally if a seed)."""
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None, name: str | None = None) -> None:
+        """Report metrics; with ``checkpoint_dir`` (every rank its own directory, the same ``name``) also
+        register the checkpoint: the ranks' files are merged into one checkpoint directory."""
+
+    def latest_checkpoint(self) -> contextlib.AbstractContextManager[Path | None]: ...
+
+
+class RaySession:
+    """Ray Train: datasets from ``get_dataset_shard``, ``ray.train.report``, ``ray.train.get_checkpoint``."""
+
+    def __init__(self) -> None:
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def has_dataset(self, name: str) -> bool:
+        import ray.train
+
+        try:
+            return ray.train.get_dataset_shard(name) is not None
+        except KeyError:
+            return False
+
+    def batches(self, name: str, batch_size: int, shuffle_seed: int | None) -> Iterator[pa.Table]:
+        import ray.train
+
+        shard = ray.train.get_dataset_shard(name)
+        return iter(shard.iter_batches(batch_size=batch_size, batch_format="pyarrow",
+                                       local_shuffle_buffer_size=None if shuffle_seed is None else 4 * batch_size,
+                                       local_shuffle_seed=shuffle_seed))
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None, name: str | None = None) -> None:
+        import ray.train
+        from ray.train import Checkpoint
+
+        if checkpoint_dir is None:
+            ray.train.report(metrics)
+        else:
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(checkpoint_dir)),
+                             checkpoint_dir_name=name)
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[Path | None]:
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            yield None
+            return
+        with ckpt.as_directory() as d:
+            yield Path(d)
+
+
+class LocalSession:
+    """A plain process group (``torch.distributed`` already initialised by the caller): rows in memory,
+    split round-robin by rank; checkpoints under ``root/<name>`` (a directory every rank can reach)."""
+
+    def __init__(self, datasets: dict[str, list[dict[str, Any]]], root: Path, device: torch.device | str):
+        import torch.distributed as dist
+
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.device = torch.device(device)
+        self.datasets, self.root = datasets, Path(root)
+        self.reports: list[dict[str, Any]] = []
+
+    def has_dataset(self, name: str) -> bool:
+        return name in self.datasets
+
+    def batches(self, name: str, batch_size: int, shuffle_seed: int | None) -> Iterator[pa.Table]:
+        rows = self.datasets[name][self.rank::self.world]
+        if shuffle_seed is not None:
+            rows = list(rows)
+            random.Random(shuffle_seed).shuffle(rows)
+        for i in range(0, len(rows), batch_size):
+            yield pa.Table.from_pylist(rows[i:i + batch_size])
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None, name: str | None = None) -> None:
+        self.reports.append(dict(metrics))
+        if checkpoint_dir is not None:
+            dest = self.root / str(name)
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(checkpoint_dir, dest, dirs_exist_ok=True)
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[Path | None]:
+        Comm(self.device).barrier()  # every rank's files of the last checkpoint are in place
+        done = [p.parent for p in self.root.glob(f"step-*/{STATE_META}")]
+        yield max(done, key=lambda p: p.name.split("-")[1]) if done else None
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------
+
+
+def _next_rows(it: Iterator[pa.Table], skip: set[str]) -> list[dict] | None:
     """The next batch's rows without those in ``skip`` (resume); None when the shard is exhausted."""
     for b in it:
         rows = [r for r in b.to_pylist() if r["id"] not in skip] if skip else b.to_pylist()
@@ -155,7 +307,7 @@ def _next_rows(it, skip: set[str]) -> list[dict] | None:
     return None
 
 
-def validate(model: ContrastiveLM, collate: Collator, shard: Any, cfg: Config, device: torch.device,
+def validate(model: ContrastiveLM, collate: Collator, session: Session, comm: Comm, cfg: Config,
              filler: Batch) -> dict[str, float]:
     """Losses on this rank's shard of held-out groups, forward only, summed over all ranks.
 
@@ -164,40 +316,61 @@ def validate(model: ContrastiveLM, collate: Collator, shard: Any, cfg: Config, d
     so validation sees the same groups each epoch.
     """
     model.eval()
-    sums = torch.zeros(6, dtype=torch.float64)  # l_ce, l_cl, loss, correct, pairs, real batches
-    it = iter(shard.iter_batches(batch_size=cfg.train.groups_per_batch, batch_format="pyarrow"))
+    sums = [0.0] * 6  # l_ce, l_cl, loss, correct, pairs, real batches
+    it = session.batches(VAL, cfg.train.groups_per_batch, None)
     with torch.no_grad():
         while True:
             rows = _next_rows(it, set())
-            has = torch.tensor([0.0 if rows is None else 1.0])
-            dist.all_reduce(has, op=dist.ReduceOp.MAX)
-            if has.item() == 0:
+            if not comm.any(rows is not None):
                 break
-            out = step_losses(model, (filler if rows is None else collate(rows, 0)).to(device), cfg)
+            out = step_losses(model, (filler if rows is None else collate(rows, 0)).to(session.device), cfg)
             if rows is not None:
-                sums += torch.tensor([out["l_ce"].item(), out["l_cl"].item(), out["loss"].item(), out["correct"],
-                                      out["pairs"], 1.0], dtype=torch.float64)
+                for k, v in enumerate((out["l_ce"].item(), out["l_cl"].item(), out["loss"].item(), out["correct"],
+                                       out["pairs"], 1.0)):
+                    sums[k] += float(v)
     model.train()
-    dist.all_reduce(sums)
-    n = sums[5].item()
+    sums = comm.sum(sums)
+    n = sums[5]
     if n == 0:
         raise RuntimeError("train: validation was requested but the validation dataset is empty")
-    return {"val_l_ce": sums[0].item() / n, "val_l_cl": sums[1].item() / n, "val_loss": sums[2].item() / n,
-            "val_contrastive_accuracy": sums[3].item() / sums[4].item() if sums[4] > 0 else float("nan")}
+    return {"val_l_ce": sums[0] / n, "val_l_cl": sums[1] / n, "val_loss": sums[2] / n,
+            "val_contrastive_accuracy": sums[3] / sums[4] if sums[4] > 0 else float("nan")}
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    import ray.train
-    from ray.train import Checkpoint
+def memory_stats(model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> dict[str, int]:
+    """This rank's share of the training state (bytes of its parameter shards and optimizer state), the
+    full parameters' size, and its peak memory (CUDA allocator peak, or the process's max RSS on CPU)."""
+    import resource
 
-    cfg: Config = loop_config["cfg"]
+    local = full = 0
+    for p in model.parameters():
+        shard = p.to_local() if hasattr(p, "to_local") else p
+        local += shard.numel() * shard.element_size()
+        full += p.numel() * p.element_size()
+    optim = 0
+    for state in optimizer.state.values():
+        for v in state.values():
+            if torch.is_tensor(v):
+                v = v.to_local() if hasattr(v, "to_local") else v
+                optim += v.numel() * v.element_size()
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return {"param_shard_bytes": local, "optim_shard_bytes": optim, "full_param_bytes": full, "peak_bytes": peak}
+
+
+def run_worker(cfg: Config, loop_config: dict[str, Any], session: Session) -> None:
+    """The whole loop on one rank (module docstring). ``loop_config``: ``rows`` (groups, to estimate the
+    schedule), ``streamed`` (epoch 0 from STREAM), ``validate``, ``train_config`` (recorded in the
+    checkpoint), ``export_to`` (a StoragePath URI for the final model, or None)."""
     t = cfg.train
-    torch.set_num_threads(max(1, int(t.cpus_per_worker)))
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    rank, world, device = session.rank, session.world, session.device
+    comm = Comm(device)
     precision = resolve_precision(t.precision, t.bf16_when_supported, device)
-    model, tok = build_model(cfg, device, precision)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model, tok = build_model(cfg, device, precision, comm)
     collate = Collator(tok, t.max_length, t.max_positives, t.max_negatives, cfg.seed)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
@@ -205,66 +378,56 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     schedule = WarmupLinear(t.warmup_steps, steps_per_epoch * t.epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     scaler = None
-    if precision == "fp16":
+    if precision == "fp16":  # fp16 gradients underflow without loss scaling; bf16 needs none
         from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
-        scaler = ShardedGradScaler()
+        scaler = ShardedGradScaler(device=device.type)
 
     step, epoch, consumed, history, epoch_steps = 0, 0, set(), [], None
     resumes: list[dict] = []  # every (re)start from a checkpoint: a new job run, or a worker-group restart
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = load_state(model, optimizer, Path(d))
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("epoch_steps"):  # epochs may change between attempts: re-aim the decay
-            schedule.total = state["epoch_steps"] * t.epochs
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        step, epoch, consumed, history = state["step"], state["epoch"], set(state["consumed"]), state["history"]
-        epoch_steps = state.get("epoch_steps")
-        resumes = [*state.get("resumes", []), {"step": step, "epoch": epoch, "epoch_done": state["epoch_done"],
-                                                "groups_done": len(consumed), "world_size": world}]
-        if state["epoch_done"]:
-            epoch, consumed = epoch + 1, set()
-        if rank == 0:
-            log.warning("train: resumed from checkpoint at step %d (epoch %d, %d groups of it done)",
-                        step, epoch, len(consumed))
+    with session.latest_checkpoint() as ckpt_dir:
+        if ckpt_dir is not None:
+            state = load_sharded(ckpt_dir, model, optimizer)
+            scheduler.load_state_dict(state["scheduler"])
+            if state.get("epoch_steps"):  # epochs may change between attempts: re-aim the decay
+                schedule.total = state["epoch_steps"] * t.epochs
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            step, epoch, consumed, history = state["step"], state["epoch"], set(state["consumed"]), state["history"]
+            epoch_steps = state.get("epoch_steps")
+            resumes = [*state.get("resumes", []), {"step": step, "epoch": epoch, "epoch_done": state["epoch_done"],
+                                                    "groups_done": len(consumed), "world_size": world}]
+            if state["epoch_done"]:
+                epoch, consumed = epoch + 1, set()
+            if rank == 0:
+                log.warning("train: resumed from checkpoint at step %d (epoch %d, %d groups of it done)",
+                            step, epoch, len(consumed))
     filler = collate.filler()
     mine: list[str] = []  # ids this rank consumed since the epoch (or the resume) started
+    memory: list[dict] = []
 
     def checkpoint(metrics: dict, epoch_done: bool) -> None:
-        model_sd, optim_sd = full_state(model, optimizer)
-        gathered: list[list[str]] = [None] * world  # type: ignore[list-item]
-        dist.all_gather_object(gathered, mine)
-        done = sorted(consumed.union(*gathered))
+        done = sorted(consumed.union(*comm.gather_objects(mine)))
         metrics["groups_done"] = len(done)  # groups of this epoch trained so far, all ranks (also in history)
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                save_state(Path(tmp), model_sd, optim_sd, scheduler, scaler,
-                           {"step": step, "epoch": epoch, "epoch_done": epoch_done, "consumed": done,
-                            "precision": precision, "epoch_steps": epoch_steps, "train_config": loop_config["train_config"],
-                            "history": history, "resumes": resumes})
-                # A unique name per report: after a restart the same step is checkpointed again, and Ray's
-                # checkpoint manager would otherwise register one directory twice and later delete it twice.
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
-                                 checkpoint_dir_name=f"step-{step:07d}-{uuid.uuid4().hex[:8]}")
-        else:
-            ray.train.report(metrics, checkpoint=None)
+        # One name for every rank's part (Ray merges them into that directory), unique per report: after
+        # a restart the same step is checkpointed again, and Ray's checkpoint manager would otherwise
+        # register one directory twice and later delete it twice.
+        name = comm.broadcast_object(f"step-{step:07d}-{uuid.uuid4().hex[:8]}" if rank == 0 else None)
+        meta = {"step": step, "epoch": epoch, "epoch_done": epoch_done, "consumed": done, "precision": precision,
+                "epoch_steps": epoch_steps, "train_config": loop_config["train_config"], "history": history,
+                "resumes": resumes, "world_size": world, "memory": memory}
+        with tempfile.TemporaryDirectory(prefix="raydebias-ckpt-") as tmp:
+            save_sharded(Path(tmp), model, optimizer, scheduler, scaler, meta, rank)
+            session.report(metrics, checkpoint_dir=Path(tmp), name=name)
 
     while epoch < t.epochs:
         name = STREAM if epoch == 0 and loop_config["streamed"] else TRAIN
-        shard = ray.train.get_dataset_shard(name)
-        it = iter(shard.iter_batches(batch_size=t.groups_per_batch, batch_format="pyarrow",
-                                     local_shuffle_buffer_size=None if name == STREAM else 4 * t.groups_per_batch,
-                                     local_shuffle_seed=cfg.seed + epoch))
-        sums = torch.zeros(7, dtype=torch.float64)  # l_ce, l_cl, loss, correct, pairs, tokens, steps
+        it = session.batches(name, t.groups_per_batch, None if name == STREAM else cfg.seed + epoch)
+        sums = [0.0] * 7  # l_ce, l_cl, loss, correct, pairs, tokens, steps
         t_epoch = time.perf_counter()
         while True:
             rows = _next_rows(it, consumed)
-            has = torch.tensor([0.0 if rows is None else 1.0])
-            dist.all_reduce(has, op=dist.ReduceOp.MAX)
-            if has.item() == 0:
+            if not comm.any(rows is not None):
                 break
             t0 = time.perf_counter()
             batch = (filler if rows is None else collate(rows, epoch)).to(device)
@@ -288,31 +451,29 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if rows is not None:
                 mine.extend(r["id"] for r in rows)
             real = 0.0 if rows is None else 1.0
-            local = torch.tensor([out["l_ce"].item() * real, out["l_cl"].item() * real, out["loss"].item() * real,
-                                  out["correct"] * real, out["pairs"] * real, batch.n_tokens * real, real],
-                                 dtype=torch.float64)
-            dist.all_reduce(local)
-            sums += local
+            local = comm.sum([out["l_ce"].item() * real, out["l_cl"].item() * real, out["loss"].item() * real,
+                              out["correct"] * real, out["pairs"] * real, batch.n_tokens * real, real])
+            sums = [a + b for a, b in zip(sums, local, strict=True)]
             dt = time.perf_counter() - t0
-            metrics = {"step": step, "epoch": epoch, "l_ce": local[0].item() / max(local[6].item(), 1),
-                       "l_cl": local[1].item() / max(local[6].item(), 1),
-                       "loss": local[2].item() / max(local[6].item(), 1),
-                       "contrastive_accuracy": local[3].item() / local[4].item() if local[4] > 0 else float("nan"),
-                       "tokens_per_s": local[5].item() / dt, "lr": scheduler.get_last_lr()[0]}
+            n_real = max(local[6], 1)
+            metrics = {"step": step, "epoch": epoch, "l_ce": local[0] / n_real, "l_cl": local[1] / n_real,
+                       "loss": local[2] / n_real,
+                       "contrastive_accuracy": local[3] / local[4] if local[4] > 0 else float("nan"),
+                       "tokens_per_s": local[5] / dt, "lr": scheduler.get_last_lr()[0]}
             history.append(metrics)
             if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
                 checkpoint(metrics, epoch_done=False)
             elif step % t.report_every_steps == 0:
-                ray.train.report(metrics)
+                session.report(metrics)
             if rank == 0 and step % t.report_every_steps == 0:
                 log.info("train: %s", json.dumps({k: round(v, 4) for k, v in metrics.items()}))
-        n = max(sums[6].item(), 1)
+        n = max(sums[6], 1)
         epoch_metrics = {"step": step, "epoch": epoch, "epoch_done": True,
-                         "l_ce": sums[0].item() / n, "l_cl": sums[1].item() / n, "loss": sums[2].item() / n,
-                         "contrastive_accuracy": sums[3].item() / sums[4].item() if sums[4] > 0 else float("nan"),
-                         "tokens_per_s": sums[5].item() / (time.perf_counter() - t_epoch)}
+                         "l_ce": sums[0] / n, "l_cl": sums[1] / n, "loss": sums[2] / n,
+                         "contrastive_accuracy": sums[3] / sums[4] if sums[4] > 0 else float("nan"),
+                         "tokens_per_s": sums[5] / (time.perf_counter() - t_epoch)}
         if loop_config.get("validate"):
-            epoch_metrics |= validate(model, collate, ray.train.get_dataset_shard(VAL), cfg, device, filler)
+            epoch_metrics |= validate(model, collate, session, comm, cfg, filler)
             if rank == 0:
                 log.info("train: epoch %d validation %s", epoch,
                          json.dumps({k: round(v, 4) for k, v in epoch_metrics.items() if k.startswith("val_")}))
@@ -320,9 +481,51 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if epoch == 0:  # the first epoch's real length (all ranks agree on it) sets the schedule
             epoch_steps = step
             schedule.total = epoch_steps * t.epochs
+        memory = [{"rank": r, **m} for r, m in enumerate(comm.gather_objects(memory_stats(model, optimizer, device)))]
         checkpoint(epoch_metrics, epoch_done=True)
         epoch, consumed, mine = epoch + 1, set(), []
 
+    if loop_config.get("export_to"):
+        from raydebias.storage import StoragePath
 
-__all__ = ["STREAM", "TRAIN", "VAL", "build_model", "resolve_precision", "step_losses", "train_loop_per_worker",
+        export_hf(model, tok, precision, t.proj_dim, StoragePath.of(loop_config["export_to"]), rank)
+
+
+def run_local(cfg: Config, rows: list[dict[str, Any]], root: Path, device: torch.device | str = "cpu", *,
+              export_to: str | None = None, val_rows: list[dict[str, Any]] | None = None) -> LocalSession:
+    """The loop without Ray, in this process, on a process group of this process alone unless one is
+    already initialised (gloo on CPU, NCCL on CUDA: the backends Ray Train picks). For
+    ``bench/gpu_check.py`` and tests; returns the session (its ``reports``)."""
+    import os
+
+    import torch.distributed as dist
+
+    device = torch.device(device)
+    own_group = not dist.is_initialized()
+    if own_group:
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+    try:
+        datasets = {TRAIN: rows, **({VAL: val_rows} if val_rows else {})}
+        session = LocalSession(datasets, root, device)
+        run_worker(cfg, {"rows": len(rows), "streamed": False, "validate": bool(val_rows),
+                         "train_config": {}, "export_to": export_to}, session)
+        return session
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train's entry point on each worker."""
+    cfg: Config = loop_config["cfg"]
+    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    run_worker(cfg, loop_config, RaySession())
+
+
+__all__ = ["STREAM", "TRAIN", "VAL", "LocalSession", "RaySession", "Session", "WarmupLinear", "bf16_supported",
+           "build_model", "memory_stats", "resolve_precision", "run_local", "run_worker", "step_losses", "train_loop_per_worker",
            "validate"]

@@ -6,9 +6,10 @@
 
 Checkpoints live under ``DIR/train`` (Ray Train storage, run name ``run``); a re-run with the same
 output directory restores the latest one (Ray Train V2 reloads its checkpoint manager from storage), and
-``FailureConfig`` restarts failed workers from it within a run. The final model is exported from the
-last checkpoint with ``save_pretrained`` to ``DIR/model`` (head beside it), loadable by
-``AutoModelForCausalLM.from_pretrained``.
+``FailureConfig`` restarts failed workers from it within a run. Checkpoints are sharded
+(torch.distributed.checkpoint: each rank writes and reads only its shards). The final model is exported
+BY THE WORKERS (rank 0 gathers the weights on its CPU) with ``save_pretrained`` to ``DIR/model`` (head
+beside it), loadable by ``AutoModelForCausalLM.from_pretrained``; the driver never loads a model.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from raydebias.config import Config, ConfigError, config_to_dict
 from raydebias.storage import StoragePath
-from raydebias.train.loop import STATE_META, STATE_WEIGHTS, STREAM, TRAIN, VAL, train_loop_per_worker
+from raydebias.train.checkpoint import STATE_META, read_meta
+from raydebias.train.loop import STREAM, TRAIN, VAL, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -93,39 +94,12 @@ def check_resumable(cfg: Config, ckpt: StoragePath | None) -> None:
     """Refuse to resume a checkpoint trained with different settings (a new output dir is needed)."""
     if ckpt is None:
         return
-    old = json.loads((ckpt / STATE_META).read_text()).get("train_config", {})
+    old = read_meta(ckpt).get("train_config", {})
     new = config_to_dict(cfg)["train"]
     diff = [f"train.{k}: checkpoint {old.get(k)!r} vs now {new[k]!r}" for k in RESUME_KEYS if old.get(k) != new[k]]
     if diff:
         raise ConfigError(f"{ckpt.parent.parent} holds a run with other settings ({'; '.join(diff)}): "
                           "use a new --output directory, or delete that train/ directory to start over")
-
-
-def export_model(ckpt: Path, cfg: Config, dest: StoragePath) -> StoragePath:
-    """The checkpoint's LM (a local checkpoint directory) as a ``save_pretrained`` directory (+ tokenizer,
-    + projection head) at ``dest``, committed as a whole."""
-    import torch
-    from safetensors.torch import load_file
-
-    from raydebias.models import load_model
-    from raydebias.train.model import hidden_size_of, save_head
-
-    lm, tok = load_model(cfg.train.model, "causal_lm", device="cpu", dtype=torch.float32)
-    state = load_file(str(ckpt / STATE_WEIGHTS))
-    lm_sd = {k.removeprefix("lm."): v for k, v in state.items() if k.startswith("lm.")}
-    head_sd = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
-    missing, unexpected = lm.load_state_dict(lm_sd, strict=False)
-    if missing or unexpected:
-        raise RuntimeError(f"checkpoint {ckpt} does not match {cfg.train.model}: missing {sorted(missing)}, "
-                           f"unexpected {sorted(unexpected)}")
-    meta = json.loads((ckpt / STATE_META).read_text())
-    if meta.get("precision") in ("bf16", "fp16"):
-        lm.to(torch.bfloat16 if meta["precision"] == "bf16" else torch.float16)
-    with dest.replacing_local() as tmp:
-        lm.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        save_head(head_sd, tmp, hidden_size_of(lm), cfg.train.proj_dim)
-    return dest
 
 
 def ensure_augmented(cfg: Config, out: Any, who: str) -> None:
@@ -183,7 +157,7 @@ def run_train_stage(cfg: Config, out: Any, stream: Any = None, rows: int | None 
         raise RuntimeError("train: no augmented rows to train on")
     previous = latest_checkpoint(out.train_dir)
     check_resumable(cfg, previous)
-    resumed_from = json.loads((previous / STATE_META).read_text())["step"] if previous else None
+    resumed_from = read_meta(previous)["step"] if previous else None
     if t.model.startswith("tiny:"):
         # Build the tiny model here, before any worker joins a process group: transformers skips
         # save_pretrained on torch.distributed ranks != 0, so a worker must never be the one to build it.
@@ -201,7 +175,7 @@ def run_train_stage(cfg: Config, out: Any, stream: Any = None, rows: int | None 
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg, "rows": rows, "streamed": streamed, "validate": validation is not None,
-                           "train_config": config_to_dict(cfg)["train"]},
+                           "train_config": config_to_dict(cfg)["train"], "export_to": out.model_dir.uri},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if gpu else {})}),
         run_config=RunConfig(name=RUN_NAME, storage_path=storage_path, storage_filesystem=storage_fs,
@@ -220,19 +194,19 @@ def run_train_stage(cfg: Config, out: Any, stream: Any = None, rows: int | None 
     if result.checkpoint is None:
         raise RuntimeError(f"train: the run finished without a checkpoint in {out.train_dir}")
     ckpt = out.train_dir.at(result.checkpoint.path)  # the latest one Ray Train registered (complete by then)
-    with result.checkpoint.as_directory() as local:  # a download only when storage is remote
-        meta = json.loads((Path(local) / STATE_META).read_text())
-        export_model(Path(local), cfg, out.model_dir)
+    meta = read_meta(ckpt)  # meta.json only: the shards stay in storage
+    if not out.model_dir.complete:
+        raise RuntimeError(f"train: the workers finished without exporting the model to {out.model_dir}")
     history = meta.pop("history")
     (out.train_dir / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
     epochs = [h for h in history if h.get("epoch_done")]
     stats = {"groups": rows, "steps": meta["step"], "epochs": len(epochs), "precision": meta["precision"],
              "checkpoint": str(ckpt), "model": str(out.model_dir), "seconds": round(time.perf_counter() - t0, 2),
              "streamed": streamed, "resumed_from_step": resumed_from, "resumes": meta.get("resumes", []),
-             "epoch_metrics": epochs}
+             "world_size": meta.get("world_size"), "memory": meta.get("memory", []), "epoch_metrics": epochs}
     out.update_stats("train", stats)
     return stats
 
 
-__all__ = ["RUN_NAME", "check_resumable", "data_config", "ensure_augmented", "export_model", "latest_checkpoint", "parts_dataset",
+__all__ = ["RUN_NAME", "check_resumable", "data_config", "ensure_augmented", "latest_checkpoint", "parts_dataset",
            "run_train_stage"]
