@@ -164,7 +164,7 @@ def check_evaluate(models: dict[str, str], results: dict) -> None:
             T._req("truthfulqa_mc1", "c/0", "loglik", "Q: What is 2+2?\nA:", continuation=" 4", question="c", choice=0),
             T._req("truthfulqa_mc1", "c/1", "loglik", "Q: What is 2+2?\nA:", continuation=" 5", question="c", choice=1)]
     table = pa.Table.from_pylist(reqs, schema=T.REQUEST_SCHEMA)
-    g = Generate(models["gpt2-small"], "hf", DEVICE == "cuda", 1.0, 0)
+    g = Generate(models["gpt2-small"], "hf", DEVICE == "cuda", 1.0, 0, min_prompt_tokens=512)
     t0 = time.perf_counter()
     done = g(table).to_pylist()
     if len(done) != len(reqs) or any(r[T.KIND] == "loglik" and not math.isfinite(r[T.LOGLIK]) for r in done):
@@ -250,7 +250,6 @@ def check_mfu(models: dict[str, str], results: dict) -> None:
                              "tflops": round(flops / dt / 1e12, 1), "peak_tflops": peak / 1e12,
                              "tokens_per_s": round(tokens / dt, 1), "device": name,
                              "note": "FSDP2 world 1, bf16 params / fp32 reduce, eager (no torch.compile)"}
-    del model, opt
     dist.barrier()
 
 

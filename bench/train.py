@@ -9,6 +9,10 @@
    Reporting to Ray Train every step costs a controller round trip; the default (every 10) is measured.
 2. wall time of ``--stage augment+train`` (augmentation streamed into the trainer) vs. ``--stage augment``
    then ``--stage train`` (staged), same rows, same config, one Ray cluster. Goal: streamed <= 0.75x staged.
+3. memory per rank in a 2-worker rehearsal of a paper preset (``--memory-config``, default Llama-2-7B's):
+   each rank's parameter shards and AdamW state against the full parameters (FSDP2: about 1/2 each), and
+   its peak RSS (on tiny models this is mostly the Python/torch runtime, so the shard ratios are the
+   measurement; on GPUs ``bench/gpu_check.py`` reports the CUDA allocator's peak).
 
 Prints one JSON line per measurement and a final summary line with the ratios. Absolute times on shared
 2-core machines are noisy: compare the ratios from one run.
@@ -86,12 +90,42 @@ def ray_tokens_per_s(out) -> float:
     return sum(h["tokens_per_s"] for h in epochs) / len(epochs)
 
 
+def memory_per_rank(preset: str, staged_dir) -> list[dict]:
+    """Train the rehearsal of ``preset`` with 2 workers for one epoch on ``staged_dir``'s augmented rows;
+    print each rank's shard of the parameters and of the optimizer state, and its peak RSS."""
+    from raydebias.config import load_config, replace_config
+    from raydebias.outputs import RunDir
+    from raydebias.rehearse import rehearse_config
+    from raydebias.train.trainer import run_train_stage
+
+    cfg, _ = rehearse_config(load_config(preset))
+    cfg = replace_config(cfg, {"train.num_workers": 2, "train.epochs": 1})
+    run = RunDir(Path(tempfile.mkdtemp(prefix="bench-memory-")))
+    shutil.copytree(staged_dir.root / "data", run.root / "data")
+    shutil.copytree(staged_dir.augmented_dir, run.augmented_dir)
+    stats = run_train_stage(cfg, run)
+    out = []
+    for m in stats["memory"]:
+        full, params, optim = m["full_param_bytes"], m["param_shard_bytes"], m["optim_shard_bytes"]
+        row = {"rank": m["rank"], "model": cfg.train.model, "precision": stats["precision"],
+               "param_shard_mib": round(params / 2**20, 3), "optim_shard_mib": round(optim / 2**20, 3),
+               "full_params_mib": round(full / 2**20, 3), "param_share": round(params / full, 3),
+               # parameters + AdamW state held, against the unsharded (full) parameters + their AdamW state
+               "state_share": round((params + optim) / (3 * full), 3), "peak_rss_mib": round(m["peak_bytes"] / 2**20)}
+        emit(what="memory_per_rank", preset=Path(preset).name, world_size=stats["world_size"], **row)
+        out.append(row)
+    shutil.rmtree(run.root, ignore_errors=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=2, help="pairs of streamed/staged runs (order alternates); 0: tokens/s only")
     ap.add_argument("--config", default=str(REPO / "jobs/configs/smoke.yaml"))
+    ap.add_argument("--memory-config", default=str(REPO / "jobs/configs/paper-llama2-7b.yaml"),
+                    help="preset whose 2-worker rehearsal is measured for memory per rank ('' to skip)")
     args = ap.parse_args()
     if args.epochs < 2:
         ap.error("--epochs must be >= 2 (epoch 0 is start-up and not counted)")
@@ -142,11 +176,14 @@ def main() -> None:
         run_train_stage(one, ray_dir)
         ray_tps = ray_tokens_per_s(ray_dir)
         plain_tps = plain_loop(one, staged_dir.augmented_dir)
+        memory = memory_per_rank(args.memory_config, staged_dir) if args.memory_config else []
         emit(rows=args.rows, epochs=args.epochs, cpus_physical=os.cpu_count(),
              ray_train_tokens_per_s=round(ray_tps, 1), plain_loop_tokens_per_s=round(plain_tps, 1),
              ratio_ray_over_plain=round(ray_tps / plain_tps, 3),
              streamed_s=[round(x, 2) for x in times["streamed"]], staged_s=[round(x, 2) for x in times["staged"]],
-             ratio_streamed_over_staged=round(streamed / staged, 3) if times["staged"] else None)
+             ratio_streamed_over_staged=round(streamed / staged, 3) if times["staged"] else None,
+             param_share_per_rank=[m["param_share"] for m in memory],
+             state_share_per_rank=[m["state_share"] for m in memory])
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

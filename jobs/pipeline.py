@@ -1,6 +1,7 @@
 """The raydebias job: config -> data -> augment -> train -> evaluate (``--stage`` runs one).
 
     python jobs/pipeline.py --config jobs/configs/smoke.yaml --stage all --output out/smoke
+    python jobs/pipeline.py --config jobs/configs/paper-gpt2.yaml --rehearse --output out/rehearse-gpt2
     ray job submit --working-dir . -- python jobs/pipeline.py --config jobs/configs/paper-gpt2.yaml --output /shared/run1
 
 ``--stage all`` (and ``augment+train``) streams the augmentation pools straight into the Ray Train workers
@@ -10,6 +11,12 @@
 Starts an embedded local Ray cluster unless ``ray.address`` / ``RAY_ADDRESS`` names one (``ray job
 submit`` sets ``RAY_ADDRESS`` for the driver, so submitted jobs join their cluster). Trailing
 ``key.sub=value`` arguments override the config file (``train.alpha=8 data.limit=100``).
+
+``--rehearse`` runs the config on this machine, on CPU, offline (raydebias/rehearse.py): every model
+becomes the tiny model of its class, hub data sources the shipped samples, and only what cannot fit
+shrinks (device, world size, pools, a data slice); the table of every change is printed and written to
+DIR/rehearsal.md. Overrides apply first and the rehearsal keeps the values they set (model ids and
+data sources are still substituted). A rehearsal and a production run never share a run directory.
 
 Exit codes: 0 done; 2 bad config/arguments or a stage that is not implemented yet; 3 unreadable input;
 4 an actor pool could not get its resources within ray.wait_for_min_actors_s.
@@ -28,6 +35,7 @@ from pathlib import Path
 # Run from a checkout without installing: make the package importable (ray job submit's working dir).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from raydebias import rehearse  # noqa: E402
 from raydebias.augment.pipeline import (  # noqa: E402
     augment_stream,
     finish_augment,
@@ -87,6 +95,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--stage", default="all", choices=(*STAGES, "augment+train", "all"),
                    help="stage to run (default: all = data, augment streamed into train, evaluate)")
     p.add_argument("--help-config", action="store_true", help="list every config key, default and help, then exit")
+    rehearse.add_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
     return p.parse_args(argv)
@@ -115,19 +124,28 @@ def main(argv: list[str] | None = None) -> int:
         for key, tp, default, help_ in describe():
             print(f"{key} ({tp}, default {default!r})\n    {help_}")
         return 0
+    # Before anything loads a model: offline hubs, no RAY_ADDRESS (a rehearsal stays on this machine).
+    env_changes = rehearse.rehearsal_environment(os.environ) if args.rehearse else []
     try:
         overrides = [SHORTHANDS[o.split("=", 1)[0]] + "=" + o.split("=", 1)[1]
                      if o.split("=", 1)[0] in SHORTHANDS else o for o in args.overrides]
-        cfg = load_config(args.config, overrides)
+        cfg = production = load_config(args.config, overrides)
+        if args.rehearse:
+            cfg, changes = rehearse.rehearse_config(production, rows=args.rehearse_rows,
+                                                    items=args.rehearse_items, keep=rehearse.override_keys(overrides))
         stages = stages_for(args.stage)
         if not args.output:
             raise ConfigError("--output DIR is required")
         out = RunDir(args.output)
+        rehearse.check_run_dir(out, rehearse=args.rehearse)
     except (ConfigError, StageNotImplemented) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    out.write_config(cfg)
+    if args.rehearse:
+        rehearse.announce(out, production, changes + env_changes, config=args.config, overrides=overrides,
+                          rows=args.rehearse_rows, items=args.rehearse_items)
+    out.write_config(cfg)  # the config this run really uses: the rehearsal's, under --rehearse
     info = init_ray(cfg)
     gpus = use_gpus(cfg.device)
     log.info("run dir %s | stages %s | device=%s (GPUs requested: %s) | ray %s", out.root, stages,

@@ -76,3 +76,20 @@ def kill_tree(pid: int, timeout: float = 15) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=10)
+
+
+def augmented_groups(n: int = 6, positives: int = 2, negatives: int = 2) -> list[dict]:
+    """Augmented rows (the train stage's input: whole groups) made here, for loop tests without the
+    augmentation stage: a reference + paraphrases, and negatives led by a toxic rewrite."""
+    kinds = ("toxic_rewrite", "entity_swap", "low_confidence", "mask_fill", "regenerate")
+    out = []
+    for i in range(n):
+        ref = f"roommate owes me {40 + i} dollars"
+        pos = [{"text": ref, "op": "reference", "entities": None}]
+        pos += [{"text": f"my roommate owes me {40 + i} bucks{'!' * k}", "op": "backtranslate", "entities": None}
+                for k in range(positives - 1)]
+        neg = [{"text": f"{['my sister', 'the idiot', 'a friend'][k % 3]} owes me {k} dollars", "op": kinds[k % 5],
+                "entities": None} for k in range(negatives)]
+        out.append({"id": f"r{i}", "post": f"My roommate owes me ${40 + i} and keeps making excuses about the rent.",
+                    "summary": ref, "subreddit": "relationships", "title": "rent", "positives": pos, "negatives": neg})
+    return out

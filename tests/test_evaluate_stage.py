@@ -122,7 +122,7 @@ def test_batched_loglik_equals_one_forward_per_request():
     from raydebias.evaluate.pipeline import Generate
     from raydebias.models import load_model
 
-    gen = Generate("tiny:gpt2", "hf", use_gpu=False, gpu_fraction=0.0, seed=0)
+    gen = Generate("tiny:gpt2", "hf", use_gpu=False, gpu_fraction=0.0, seed=0, min_prompt_tokens=1)
     model, tok = load_model("tiny:gpt2", "causal_lm")
     ctx = ["Q: Is the sky blue?\nA:", "Q: What is the capital of Australia, the country?\nA:", "Q: Why?\nA:"]
     cont = [" Yes, it is.", " Canberra.", " Because the light scatters in the air above us."]

@@ -94,8 +94,8 @@ class Generate:
     model's positions) and ``error`` (requests that failed even alone, or whose prompt does not fit: these
     are not generated and end in quarantine/evaluate)."""
 
-    def __init__(self, model: str, backend: str, use_gpu: bool, gpu_fraction: float, seed: int,
-                 min_prompt_tokens: int = 1):
+    def __init__(self, model: str, backend: str, use_gpu: bool, gpu_fraction: float, seed: int, *,
+                 min_prompt_tokens: int):
         import torch
 
         from raydebias.generation import clamp_max_new_tokens, make_generator

@@ -405,8 +405,11 @@ def run_worker(cfg: Config, loop_config: dict[str, Any], session: Session) -> No
     filler = collate.filler()
     mine: list[str] = []  # ids this rank consumed since the epoch (or the resume) started
     memory: list[dict] = []
+    recorded = not resumes  # whether the last checkpoint records this attempt's resume
 
     def checkpoint(metrics: dict, epoch_done: bool) -> None:
+        nonlocal recorded
+        recorded = True
         done = sorted(consumed.union(*comm.gather_objects(mine)))
         metrics["groups_done"] = len(done)  # groups of this epoch trained so far, all ranks (also in history)
         # One name for every rank's part (Ray merges them into that directory), unique per report: after
@@ -485,6 +488,10 @@ def run_worker(cfg: Config, loop_config: dict[str, Any], session: Session) -> No
         checkpoint(epoch_metrics, epoch_done=True)
         epoch, consumed, mine = epoch + 1, set(), []
 
+    if not recorded:  # restarted after the last checkpoint (e.g. during the export): keep the resume on record
+        epoch = t.epochs - 1
+        checkpoint({**(history[-1] if history else {"step": step, "epoch": epoch}), "epoch_done": True},
+                   epoch_done=True)
     if loop_config.get("export_to"):
         from raydebias.storage import StoragePath
 
