@@ -600,23 +600,20 @@ def _train_sentencepiece(corpus: list[str]) -> bytes:
     yield fewer pieces instead of failing. Identity normalisation, because the T5 vocabulary is taken
     from the same model (`_t5_vocab`) and T5Tokenizer applies no sentencepiece normaliser.
     """
+    return _spm_train(corpus, model_type="unigram")
+
+
+def _spm_train(corpus: list[str], **options) -> bytes:
+    """Train a sentencepiece model in memory with the kit's common settings (+ ``options``), serialised."""
     import io
 
     import sentencepiece as spm
 
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus),
-        model_writer=buf,
-        model_type="unigram",
-        vocab_size=VOCAB_SIZE,
-        hard_vocab_limit=False,
-        character_coverage=1.0,
-        normalization_rule_name="identity",
-        num_threads=1,
-        max_sentence_length=1 << 16,
-        minloglevel=2,
-    )
+        sentence_iterator=iter(corpus), model_writer=buf, vocab_size=VOCAB_SIZE, hard_vocab_limit=False,
+        character_coverage=1.0, normalization_rule_name="identity", num_threads=1,
+        max_sentence_length=1 << 16, minloglevel=2, **options)
     return buf.getvalue()
 
 
@@ -751,33 +748,9 @@ def _train_sentencepiece_bpe(corpus: list[str]) -> bytes:
     is split into lines, so "\n" itself becomes <0x0A>, as in Llama-2). num_threads=1 keeps training
     bit-reproducible (as in `_train_sentencepiece`).
     """
-    import io
-
-    import sentencepiece as spm
-
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus),
-        model_writer=buf,
-        model_type="bpe",
-        vocab_size=VOCAB_SIZE,
-        hard_vocab_limit=False,
-        character_coverage=1.0,
-        byte_fallback=True,
-        split_digits=True,
-        allow_whitespace_only_pieces=True,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        add_dummy_prefix=True,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        num_threads=1,
-        max_sentence_length=1 << 16,
-        minloglevel=2,
-    )
-    return buf.getvalue()
+    return _spm_train(corpus, model_type="bpe", byte_fallback=True, split_digits=True,
+                      allow_whitespace_only_pieces=True, remove_extra_whitespaces=False, add_dummy_prefix=True,
+                      unk_id=0, bos_id=1, eos_id=2, pad_id=-1)
 
 
 def _build_llama(name: str, dest: Path, final: Path, inputs: _Inputs) -> None:

@@ -114,12 +114,17 @@ def test_max_input_tokens_keeps_the_end_of_the_prompt(gpt2):
     (row,) = gpt2.generate([long_prompt], GenParams(max_new_tokens=6, max_input_tokens=8))
     ids = gpt2.tokenizer(long_prompt)["input_ids"]
     assert len(ids) > 8
+    assert row[0].token_ids == _greedy_reference(gpt2, ids[-8:], 6)
+
+
+def _greedy_reference(gen, prompt_ids: list[int], max_new: int) -> list[int]:
+    """Plain ``model.generate`` greedy from exactly ``prompt_ids``, cut at the first eos."""
     with torch.no_grad():
-        ref = gpt2.model.generate(torch.tensor([ids[-8:]]), attention_mask=torch.ones(1, 8, dtype=torch.long),
-                                  max_new_tokens=6, do_sample=False)
-    cont = ref[0, 8:].tolist()
-    eos = gpt2.tokenizer.eos_token_id
-    assert row[0].token_ids == (cont[: cont.index(eos)] if eos in cont else cont)
+        ref = gen.model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+                                 max_new_tokens=max_new, do_sample=False)
+    cont = ref[0, len(prompt_ids):].tolist()
+    eos = gen.tokenizer.eos_token_id
+    return cont[: cont.index(eos)] if eos in cont else cont
 
 
 def test_clamp_and_input_limit_never_exceed_the_context():
@@ -156,12 +161,7 @@ def test_max_new_beyond_the_context_is_clamped_not_an_index_error(gpt2):
     ids = gpt2.tokenizer(long_prompt)["input_ids"]
     assert len(ids) > 1024
     (row,) = gpt2.generate([long_prompt], GenParams(max_new_tokens=2048, min_prompt_tokens=512))
-    with torch.no_grad():
-        ref = gpt2.model.generate(torch.tensor([ids[-512:]]), attention_mask=torch.ones(1, 512, dtype=torch.long),
-                                  max_new_tokens=512, do_sample=False)
-    cont = ref[0, 512:].tolist()
-    eos = gpt2.tokenizer.eos_token_id
-    assert row[0].token_ids == (cont[: cont.index(eos)] if eos in cont else cont)
+    assert row[0].token_ids == _greedy_reference(gpt2, ids[-512:], 512)
     assert 0 < len(row[0].token_ids) <= 512
 
 
