@@ -98,17 +98,18 @@ def s3():
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory):
-    """One `--stage all` run of the smoke job (data -> augmentation streamed into 2 FSDP2 workers ->
-    evaluate), shared by the train tests and the sweep test (which copies its data/ and augmented/)."""
+def shared_run(tmp_path_factory):
+    """One `--stage all` run of the rehearsed Llama-2-7B preset (data -> augmentation streamed into 2 FSDP2
+    workers -> evaluate; support.SHARED_RUN_JOB), shared by the augment, train, rehearsal and sweep tests
+    (the sweep copies its data/ and augmented/)."""
     import subprocess
     import sys
 
-    from support import SMOKE, SMOKE_RUN_ARGS, job_env
+    from support import SHARED_RUN_ARGS, SHARED_RUN_JOB, job_env
 
     out = tmp_path_factory.mktemp("train") / "run"
-    r = subprocess.run([sys.executable, str(REPO / "jobs/pipeline.py"), "--config", str(SMOKE), "--stage", "all",
-                        "--output", str(out), *SMOKE_RUN_ARGS, "train.epochs=2"],
-                       capture_output=True, text=True, timeout=900, env=job_env(), cwd=REPO)
+    r = subprocess.run([sys.executable, str(REPO / "jobs/pipeline.py"), *SHARED_RUN_JOB, "--stage", "all",
+                        "--output", str(out), *SHARED_RUN_ARGS, "train.epochs=2"],
+                       capture_output=True, text=True, timeout=1200, env=job_env(), cwd=REPO)
     assert r.returncode == 0, r.stderr[-4000:]
     return out, r

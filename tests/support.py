@@ -12,9 +12,16 @@ from raydebias.data import record_to_row
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "jobs" / "configs" / "smoke.yaml"
-# The shared end-to-end run (conftest.smoke_run): `--stage all` on this many rows with these overrides.
-SMOKE_RUN_ROWS = 8
-SMOKE_RUN_ARGS = [f"data.limit={SMOKE_RUN_ROWS}", "train.lr=0.005", "train.warmup_steps=1", "train.groups_per_batch=2"]
+# The shared end-to-end run (conftest.shared_run): the Llama-2-7B paper preset REHEARSED (`--rehearse`: tiny
+# models of the production classes, LlamaForCausalLM with a BOS-adding tokenizer, bf16 mixed precision,
+# Table 12 caps and max length, activation checkpointing, 2 FSDP2 workers), `--stage all` on this many rows
+# with these overrides (a higher lr and fewer epochs, so a short run visibly learns). One run serves the
+# augment, train, evaluate, rehearsal and sweep tests: CI time.
+PRESET = REPO / "jobs" / "configs" / "paper-llama2-7b.yaml"
+SHARED_RUN_JOB = ["--config", str(PRESET), "--rehearse"]
+SHARED_RUN_ROWS = 8
+SHARED_RUN_ARGS = [f"data.limit={SHARED_RUN_ROWS}", "train.lr=0.005", "train.warmup_steps=1",
+                   "train.groups_per_batch=2"]
 SAMPLE = REPO / "raydebias/samples/tldr/train/carper-a.jsonl"
 # What an op receives: source columns + the NER stage's entity columns.
 OP_INPUT_SCHEMA = pa.schema([pa.field(c, pa.string()) for c in S.SOURCE_COLUMNS]

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from support import SMOKE_RUN_ARGS, SMOKE_RUN_ROWS
+from support import SHARED_RUN_ARGS, SHARED_RUN_ROWS
 
 from raydebias import schema as S
 from raydebias.augment.clean import AUGMENTED_SCHEMA
@@ -32,18 +32,18 @@ def _table(out):
     return pq.read_table(out / "augmented")
 
 
-def test_augment_stage_end_to_end_with_resume_on_s3(smoke_run, s3):
-    """The augmentation of the shared smoke run (streamed into training; the same pools and writer as
+def test_augment_stage_end_to_end_with_resume_on_s3(shared_run, s3):
+    """The augmentation of the shared run (the rehearsed Llama-2-7B preset, streamed into training; the same pools and writer as
     --stage augment), then --stage augment resuming a copy of it in S3 (a local moto endpoint): a finished
     run is not redone, a killed one (one part lost, one unreadable) redoes only the missing rows."""
-    src, _ = smoke_run
+    src, _ = shared_run
     t = _table(src)
     assert t.schema.equals(AUGMENTED_SCHEMA, check_metadata=False)
     ids = t.column(S.ID).to_pylist()
-    assert len(ids) == len(set(ids)) == SMOKE_RUN_ROWS
+    assert len(ids) == len(set(ids)) == SHARED_RUN_ROWS
     stats = json.loads((src / "stats.json").read_text())["augment"]
-    assert stats["rows_in"] == stats["rows_out"] == SMOKE_RUN_ROWS
-    assert stats["trainable"] + stats["quarantined"] == SMOKE_RUN_ROWS
+    assert stats["rows_in"] == stats["rows_out"] == SHARED_RUN_ROWS
+    assert stats["trainable"] + stats["quarantined"] == SHARED_RUN_ROWS
     for op in OP_NAMES:  # every op ran and is accounted for
         s = stats["ops"][op]
         assert s["generated"] == s["kept"] + s["dropped"] == s["kept"] + sum(s["dropped_by_reason"].values())
@@ -64,21 +64,21 @@ def test_augment_stage_end_to_end_with_resume_on_s3(smoke_run, s3):
     s3.upload(src / "data", (out / "data").uri)
     s3.upload(src / "augmented", (out / "augmented").uri)
     parts = (out / "augmented").glob("*.parquet")
-    r = _job(out, *SMOKE_RUN_ARGS)
+    r = _job(out, *SHARED_RUN_ARGS)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads((out / "stats.json").read_text())["augment"]["resumed_from"] == SMOKE_RUN_ROWS
+    assert json.loads((out / "stats.json").read_text())["augment"]["resumed_from"] == SHARED_RUN_ROWS
     assert (out / "augmented").glob("*.parquet") == parts
     if len(parts) >= 2:
         parts[0].unlink()
         parts[1].write_bytes(parts[1].read_bytes()[:100])
     else:
         parts[0].write_bytes(parts[0].read_bytes()[:100])
-    r = _job(out, *SMOKE_RUN_ARGS)
+    r = _job(out, *SHARED_RUN_ARGS)
     assert r.returncode == 0, r.stderr[-3000:]
     again = (out / "augmented").read_table(columns=[S.ID]).column(S.ID).to_pylist()
     assert sorted(again) == sorted(ids)
     stats = json.loads((out / "stats.json").read_text())["augment"]
-    assert stats["resumed_from"] < SMOKE_RUN_ROWS and stats["rows_out"] == SMOKE_RUN_ROWS
+    assert stats["resumed_from"] < SHARED_RUN_ROWS and stats["rows_out"] == SHARED_RUN_ROWS
     assert (out / "quarantine" / "augment").complete
 
 

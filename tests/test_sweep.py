@@ -1,6 +1,6 @@
 """A 2x2 Ray Tune sweep on the smoke setup (local Ray cluster) writing to S3 (a local moto endpoint),
 killed mid-run and resumed with Tuner.restore: 4 trials with metrics, the results table, Table 14, the
-Pareto front and a best config that loads as a config. The augmented groups come from the shared smoke
+Pareto front and a best config that loads as a config. The augmented groups come from the shared
 run (read once, not re-augmented). Every output (Tune and Train storage, trial models, results) lives in
 the bucket; trials evaluate their models by fetching them from there."""
 
@@ -11,7 +11,7 @@ import sys
 import time
 
 import pyarrow.parquet as pq
-from support import REPO, SMOKE, SMOKE_RUN_ROWS, job_env, kill_tree
+from support import REPO, SHARED_RUN_ROWS, SMOKE, job_env, kill_tree
 
 from raydebias.config import load_config
 from raydebias.storage import StoragePath
@@ -29,8 +29,8 @@ def _objects(where: StoragePath) -> dict:
     return {i.path: (i.size, i.mtime) for i in where.fs.get_file_info([p.path for p in where.glob("*.parquet")])}
 
 
-def test_sweep_2x2_on_s3_killed_and_restored(smoke_run, s3, tmp_path):
-    src, _ = smoke_run
+def test_sweep_2x2_on_s3_killed_and_restored(shared_run, s3, tmp_path):
+    src, _ = shared_run
     uri = s3.bucket() + "/run"
     remote = StoragePath.of(uri)
     s3.upload(src / "data", uri + "/data")
@@ -61,7 +61,7 @@ def test_sweep_2x2_on_s3_killed_and_restored(smoke_run, s3, tmp_path):
     out = s3.download(uri, tmp_path / "copy")  # the rest is checked on a local copy of the bucket
     train_ids = pq.read_table(out / "sweep/data/train").column("id").to_pylist()
     val_ids = pq.read_table(out / "sweep/data/val").column("id").to_pylist()
-    assert len(train_ids) + len(val_ids) == SMOKE_RUN_ROWS and not set(train_ids) & set(val_ids) and val_ids
+    assert len(train_ids) + len(val_ids) == SHARED_RUN_ROWS and not set(train_ids) & set(val_ids) and val_ids
 
     rows = pq.read_table(out / "sweep/results.parquet").to_pylist()
     assert sorted((r["alpha"], r["tau"]) for r in rows) == [(1, 0.5), (1, 1.0), (8, 0.5), (8, 1.0)]

@@ -1,6 +1,7 @@
-"""The whole job end to end: --stage all streams augmentation into 2 FSDP2 workers on CPU (gloo),
-writes checkpoints and a loadable model, and ends with the evaluation report of the trained model
-against its base; a second run resumes the checkpoint and keeps learning."""
+"""The whole job end to end, on the shared run (conftest.shared_run): the Llama-2-7B paper preset rehearsed
+(`--rehearse`) with --stage all, which streams augmentation into 2 FSDP2 workers on CPU (gloo), writes
+sharded checkpoints and a loadable model, and ends with the evaluation report of the trained model against
+its base; a second run resumes the checkpoint and keeps learning."""
 
 import json
 import os
@@ -10,9 +11,9 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 import torch
-from support import REPO, SMOKE
-from support import SMOKE_RUN_ARGS as COMMON
-from support import SMOKE_RUN_ROWS as ROWS
+from support import REPO, SHARED_RUN_JOB, SMOKE
+from support import SHARED_RUN_ARGS as COMMON
+from support import SHARED_RUN_ROWS as ROWS
 
 
 def _job(args, timeout=900):
@@ -27,8 +28,29 @@ def _history(out):
 
 
 @pytest.fixture(scope="module")
-def run(smoke_run):
-    return smoke_run
+def run(shared_run):
+    return shared_run
+
+
+def test_the_preset_rehearses_stage_all(run):
+    """The preset that changes the most on the way to a GPU: LlamaForCausalLM with a BOS-adding SentencePiece
+    tokenizer, fp16 -> bf16 mixed precision, Table 12 caps 2/3, max length 340, activation checkpointing,
+    8 -> 2 FSDP2 workers; data -> augmentation streamed into training -> every benchmark."""
+    out, r = run
+    stages = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert [s["stage"] for s in stages] == ["data", "augment+train", "evaluate"], stages
+    text = (out / "rehearsal.md").read_text()
+    assert "| train.model | meta-llama/Llama-2-7b-hf | tiny:llama |" in text and "| train.num_workers | 8 | 2 |" in text
+    assert "| train.max_length |" not in text and "| train.precision |" not in text  # kept
+    train = json.loads((out / "stats.json").read_text())["train"]
+    assert train["precision"] == "bf16" and train["world_size"] == 2
+    lm = __import__("transformers").AutoModelForCausalLM.from_pretrained(out / "model")
+    assert type(lm).__name__ == "LlamaForCausalLM" and lm.dtype == torch.bfloat16
+    counts = json.loads((out / "stats.json").read_text())["evaluate"]["counts"]
+    assert set(counts) == {"model", "base"}
+    for model in counts.values():  # every benchmark ran on the slice; Llama's 4096 positions need no clamp
+        assert {"tldr", "truthfulqa_gen", "truthfulqa_mc1", "rtp", "mmlu_pro"} <= set(model)
+        assert all(c["rows_in"] == 4 for c in model.values())
 
 
 def test_stage_all_streams_augmentation_into_fsdp2_training(run):
@@ -69,7 +91,7 @@ def test_stage_all_ends_with_the_report_comparing_trained_and_base(run):
     out, _ = run
     m = json.loads((out / "eval/metrics.json").read_text())
     assert set(m["models"]) == {"model", "base"}
-    assert m["models"]["model"]["id"] == str(out / "model") and m["models"]["base"]["id"] == "tiny:gpt2"
+    assert m["models"]["model"]["id"] == str(out / "model") and m["models"]["base"]["id"] == "tiny:llama"
     for name in ("model", "base"):
         got = m["models"][name]["metrics"]
         assert set(got) >= {"tldr", "truthfulqa_gen", "truthfulqa_mc1", "rtp", "mmlu_pro", "patterns"}
@@ -87,9 +109,9 @@ def test_final_model_loads_with_auto_model_and_differs_from_the_base(run):
 
     out, _ = run
     trained = AutoModelForCausalLM.from_pretrained(out / "model")
-    base = AutoModelForCausalLM.from_pretrained(resolve_model("tiny:gpt2"))
+    base = AutoModelForCausalLM.from_pretrained(resolve_model("tiny:llama"))
     tok = AutoTokenizer.from_pretrained(out / "model")
-    changed = [k for k, v in trained.state_dict().items() if not torch.equal(v, base.state_dict()[k])]
+    changed = [k for k, v in trained.state_dict().items() if not torch.equal(v.float(), base.state_dict()[k])]
     assert changed, "training did not change any weight"
     ids = tok("TL;DR:", return_tensors="pt").input_ids
     assert trained.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
@@ -101,7 +123,7 @@ def test_resume_continues_the_step_count_and_keeps_learning(run):
     out, _ = run
     before = _history(out)
     last_step = max(h["step"] for h in before)
-    r = _job(["--config", str(SMOKE), "--stage", "train", "--output", str(out), *COMMON, "train.epochs=6"])
+    r = _job([*SHARED_RUN_JOB, "--stage", "train", "--output", str(out), *COMMON, "train.epochs=6"])
     assert r.returncode == 0, r.stderr[-4000:]
     train = json.loads((out / "stats.json").read_text())["train"]
     assert train["resumed_from_step"] == last_step
@@ -119,7 +141,7 @@ def test_resume_continues_the_step_count_and_keeps_learning(run):
 
 def test_resume_with_other_settings_is_refused(run):
     out, _ = run
-    r = _job(["--config", str(SMOKE), "--stage", "train", "--output", str(out), *COMMON, "train.alpha=8"],
+    r = _job([*SHARED_RUN_JOB, "--stage", "train", "--output", str(out), *COMMON, "train.alpha=8"],
              timeout=300)
     assert r.returncode == 2
     assert "train.alpha" in r.stderr and "new --output" in r.stderr and "Traceback" not in r.stderr
