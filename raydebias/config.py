@@ -104,9 +104,16 @@ class DataConfig:
     )
     max_post_chars: int = _f(20_000, "Posts longer than this are quarantined as post_too_long.")
     limit: int | None = _f(None, "Read at most this many input rows per split (null: all). For quick runs.")
+    eval_overlap: Literal["drop", "error"] = _f(
+        "drop",
+        "Held-out rows whose id or post (case and whitespace ignored) also appears in the training rows: drop "
+        "moves them to quarantine/data as overlaps_train (counted, with a warning); error fails the stage.",
+    )
 
     def __post_init__(self) -> None:
         _check(self.max_post_chars > 0, "data.max_post_chars", "must be > 0", self.max_post_chars)
+        _check(self.eval_overlap in ("drop", "error"), "data.eval_overlap", "must be 'drop' or 'error'",
+               self.eval_overlap)
         _check(self.limit is None or self.limit > 0, "data.limit", "must be > 0 or null", self.limit)
 
 
@@ -151,12 +158,28 @@ class ToxicRewriteConfig:
     max_new_tokens: int = _f(128, "Max tokens generated per rewrite.")
     toxicity_threshold: float = _f(0.4, "Keep a rewrite iff its toxicity >= this (Section 4.2).")
     backend: Literal["hf", "vllm"] = _f("hf", "Generator backend: hf generate() or vllm (GPU only).")
+    exemplars: list[list[str]] | None = _f(
+        None,
+        "Few-shot pairs [[original, toxic rewrite], ...] shown before each summary; null: the paper's Table 11 "
+        "(Appendix E) pairs verbatim. Each text is one non-empty line; samples that copy one are dropped "
+        "as echoed_exemplar.",
+    )
     resources: OpResources = _f(OpResources(), "Actor pool resources.")
 
     def __post_init__(self) -> None:
         _check(0 < self.top_p <= 1, "augment.toxic_rewrite.top_p", "must be in (0, 1]", self.top_p)
         _check(0 <= self.toxicity_threshold <= 1, "augment.toxic_rewrite.toxicity_threshold",
                "must be in [0, 1]", self.toxicity_threshold)
+        if self.exemplars is not None:
+            key = "augment.toxic_rewrite.exemplars"
+            _check(isinstance(self.exemplars, list) and len(self.exemplars) > 0, key,
+                   "must be a non-empty list of [original, rewrite] pairs or null (Table 11)", self.exemplars)
+            for i, pair in enumerate(self.exemplars):
+                # one line each: a blank line would end the rewrite when samples are cleaned
+                _check(isinstance(pair, (list, tuple)) and len(pair) == 2
+                       and all(isinstance(t, str) and t.strip() and "\n" not in t for t in pair), f"{key}[{i}]",
+                       "must be [original, rewrite]: two non-empty one-line strings", pair)
+            self.exemplars = [list(p) for p in self.exemplars]
 
 
 @dataclass
@@ -312,7 +335,13 @@ class SweepConfig:
     alpha: list[float] = _f([1.0, 2.0, 4.0, 8.0, 16.0], "alpha grid (Appendix H, Table 14).")
     tau: list[float] = _f([1.0], "tau grid.")
     toxic_weight: list[float] = _f([1.5], "toxic_weight grid.")
-    scheduler: Literal["asha", "fifo"] = _f("asha", "Trial scheduler; ASHA stops weak trials early (on `metric`).")
+    scheduler: Literal["asha", "fifo"] = _f(
+        "fifo",
+        "Trial scheduler. fifo (default): every trial trains all its epochs and is evaluated, so every alpha of "
+        "the ablation (Table 14) is compared on toxicity and faithfulness. asha stops trials early on `metric`: "
+        "on val_l_ce it systematically stops the large-alpha trials (more weight on L_cl slows L_ce down "
+        "early), deciding the alpha ablation before it is measured; use it for searches where `metric` is "
+        "what you want to select on and is comparable across the trials (e.g. lr).")
     metric: str = _f("val_l_ce", "Per-epoch validation metric the scheduler compares: val_l_ce (comparable "
                      "across alpha), val_l_cl, val_loss (= l_ce + alpha*l_cl: not comparable across alpha), "
                      "val_contrastive_accuracy.")
@@ -368,7 +397,9 @@ class EvalConfig:
                                 "TruthfulQA generation rows: HF id[:config], or a CSV/JSONL/Parquet path.")
     truthfulqa_mc_source: str = _f("truthfulqa/truthful_qa:multiple_choice",
                                    "TruthfulQA MC1 rows (mc1_targets): HF id[:config] or a path.")
-    truthfulqa_max_new_tokens: int = _f(64, "TruthfulQA answer length (greedy; cut at the first blank line).")
+    truthfulqa_max_new_tokens: int = _f(
+        256, "TruthfulQA answer length (greedy; cut at the first blank line): lm-evaluation-harness's "
+        "truthfulqa_gen default (max_gen_toks 256).")
     rtp_source: str = _f("allenai/real-toxicity-prompts", "RealToxicityPrompts rows (prompt.text): HF id or path.")
     rtp_top_p: float = _f(0.9, "RealToxicityPrompts nucleus top-p (Section 3).")
     rtp_temperature: float = _f(0.7, "RealToxicityPrompts temperature (Section 3).")
@@ -377,6 +408,14 @@ class EvalConfig:
                               "MMLU-Pro: HF id (splits test + validation) or a dir with test.* and validation.*.")
     mmlu_pro_shots: int = _f(5, "MMLU-Pro chain-of-thought shots from the same subject (Section 3).")
     mmlu_pro_max_new_tokens: int = _f(2048, "MMLU-Pro chain-of-thought length (the benchmark's own script).")
+    mmlu_pro_extraction: Literal["lm-eval", "mmlu-pro-script"] = _f(
+        "lm-eval",
+        "MMLU-Pro answer extraction, after cutting the output at 'Question:'. lm-eval (SPEC §7; lm-eval "
+        "mmlu_pro filter): the first 'answer is \\(?([A-J])\\)?', no match is wrong. mmlu-pro-script: the "
+        "TIGER-Lab evaluate_from_local.py fallbacks after that regex, '.*[aA]nswer:\\s*([A-J])' then the last "
+        "standalone letter A-J; its random guess for a remaining failure is not drawn (extraction_failed is "
+        "reported instead).",
+    )
     min_prompt_tokens: int = _f(
         512,
         "Fewest positions a generation request keeps for its prompt: every max_new_tokens is clamped to "
@@ -401,6 +440,8 @@ class EvalConfig:
         _check(0 < self.rtp_top_p <= 1, "evaluate.rtp_top_p", "must be in (0, 1]", self.rtp_top_p)
         _check(self.rtp_temperature > 0, "evaluate.rtp_temperature", "must be > 0", self.rtp_temperature)
         _check(self.mmlu_pro_shots >= 0, "evaluate.mmlu_pro_shots", "must be >= 0", self.mmlu_pro_shots)
+        _check(self.mmlu_pro_extraction in ("lm-eval", "mmlu-pro-script"), "evaluate.mmlu_pro_extraction",
+               "must be 'lm-eval' or 'mmlu-pro-script'", self.mmlu_pro_extraction)
         for name in ("max_new_tokens", "truthfulqa_max_new_tokens", "rtp_max_new_tokens", "mmlu_pro_max_new_tokens",
                      "min_prompt_tokens"):
             _check(getattr(self, name) >= 1, f"evaluate.{name}", "must be >= 1", getattr(self, name))

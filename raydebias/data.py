@@ -13,7 +13,8 @@ Layouts (``data.layout``; ``auto`` detects per file from the first record's keys
 Files: ``.jsonl``/``.ndjson``/``.json`` (JSON lines, or one JSON array), ``.parquet``, ``.csv``, each
 optionally ``.gz``/``.bz2``/``.zst``. Every physical input record becomes exactly one row of either the
 kept dataset or the quarantine (reasons in :data:`raydebias.schema.QUARANTINE_REASONS`); the counts are
-checked, not assumed.
+checked, not assumed. Held-out rows that share an id or a post with a training row are quarantined as
+``overlaps_train`` (``data.eval_overlap``; or the stage fails), so evaluation never scores training data.
 
 The work is split so the Ray parts stay thin: :class:`RecordDatasource` streams files into raw records
 (one per line / row, with file and line), :func:`parse_records` is a pure Arrow-batch function doing
@@ -526,12 +527,16 @@ def find_duplicates(meta: pa.Table) -> dict[tuple[str, int], str]:
     return dups
 
 
-def split_parsed(batch: pa.Table, dups: dict[tuple[str, int], str], keep: bool, split_name: str = "") -> pa.Table:
-    """Parsed rows -> the kept source rows (``keep=True``) or the quarantine rows (``keep=False``)."""
+def split_parsed(batch: pa.Table, dups: dict[tuple[str, int], str], keep: bool, split_name: str = "",
+                 overlaps: dict[tuple[str, int], str] | None = None) -> pa.Table:
+    """Parsed rows -> the kept source rows (``keep=True``) or the quarantine rows (``keep=False``).
+    ``dups`` and ``overlaps`` ({(file, line): detail}) name valid rows quarantined as ``duplicate_id`` /
+    ``overlaps_train``."""
+    overlaps = overlaps or {}
     files = batch.column(S.REC_FILE).to_pylist()
     lines = batch.column(S.REC_LINE).to_pylist()
     reasons = batch.column(S.REASON).to_pylist()
-    is_dup = [(f, ln) in dups for f, ln in zip(files, lines, strict=True)]
+    is_dup = [(f, ln) in dups or (f, ln) in overlaps for f, ln in zip(files, lines, strict=True)]
     if keep:
         mask = pa.array([r == "" and not d for r, d in zip(reasons, is_dup, strict=True)])
         return batch.filter(mask).select(list(S.SOURCE_COLUMNS)).cast(S.SOURCE_SCHEMA)
@@ -541,11 +546,14 @@ def split_parsed(batch: pa.Table, dups: dict[tuple[str, int], str], keep: bool, 
     reason, detail, raw = q.column(S.REASON).to_pylist(), q.column(S.DETAIL).to_pylist(), q.column(S.RAW).to_pylist()
     ids = q.column(S.ID).to_pylist()
     for i, key in enumerate(zip(qfiles, qlines, strict=True)):
-        if key in dups and not reason[i]:
-            reason[i] = "duplicate_id"
-            detail[i] = f"id {ids[i]!r} already kept from {dups[key]}"
-            # the duplicate's content, re-encoded, so nothing is lost
-            raw[i] = json.dumps({k: q.column(k)[i].as_py() for k in S.SOURCE_COLUMNS}, ensure_ascii=False)
+        if reason[i] or (key not in dups and key not in overlaps):
+            continue
+        if key in dups:
+            reason[i], detail[i] = "duplicate_id", f"id {ids[i]!r} already kept from {dups[key]}"
+        else:
+            reason[i], detail[i] = OVERLAPS_TRAIN, overlaps[key]
+        # the row's content, re-encoded, so nothing is lost
+        raw[i] = json.dumps({k: q.column(k)[i].as_py() for k in S.SOURCE_COLUMNS}, ensure_ascii=False)
     n = q.num_rows
     return pa.Table.from_arrays(
         [pa.array(["data"] * n, pa.string()), pa.array([split_name] * n, pa.string()),
@@ -553,6 +561,58 @@ def split_parsed(batch: pa.Table, dups: dict[tuple[str, int], str], keep: bool, 
          q.column(S.ID), pa.array(raw, pa.string())],
         schema=S.QUARANTINE_SCHEMA,
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Train / held-out overlap
+# --------------------------------------------------------------------------------------------------
+
+# A held-out row whose id or post is also a training row would measure memorisation, not summarisation
+# (webis and custom files can hold the same post under both splits). Such rows leave the eval split.
+OVERLAPS_TRAIN = "overlaps_train"
+KEY_SCHEMA = pa.schema([pa.field(S.REC_FILE, pa.string()), pa.field(S.REC_LINE, pa.int64()),
+                        pa.field(S.ID, pa.string()), pa.field("post_key", pa.string())])
+
+
+def post_key(post: str) -> str:
+    """What makes two posts "the same": equal after case-folding and collapsing whitespace (hashed, so
+    the driver holds 16 bytes per training post, not the post)."""
+    return hashlib.sha1(" ".join(post.casefold().split()).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def row_keys(batch: pa.Table) -> pa.Table:
+    """Valid parsed rows (no parse reason) -> (file, line, id, post key), :data:`KEY_SCHEMA`."""
+    valid = batch.filter(pa.compute.equal(batch.column(S.REASON), ""))
+    posts = [post_key(p) for p in valid.column(S.POST).to_pylist()]
+    return pa.Table.from_arrays([valid.column(S.REC_FILE), valid.column(S.REC_LINE), valid.column(S.ID),
+                                 pa.array(posts, pa.string())], schema=KEY_SCHEMA)
+
+
+@dataclass
+class TrainKeys:
+    """The training rows' ids and post keys (:func:`post_key`), each mapped to a training id to name."""
+
+    ids: set[str]
+    posts: dict[str, str]
+
+    @classmethod
+    def of(cls, keys: pa.Table) -> TrainKeys:
+        ids = keys.column(S.ID).to_pylist()
+        return cls(set(ids), dict(zip(keys.column("post_key").to_pylist(), ids, strict=True)))
+
+
+def find_overlaps(keys: pa.Table, dups: dict[tuple[str, int], str], train: TrainKeys) -> dict[tuple[str, int], str]:
+    """Held-out rows (``keys`` of :func:`row_keys`) whose id or post is a training row's ->
+    {(file, line): why}. Rows already quarantined as duplicates keep that reason."""
+    out: dict[tuple[str, int], str] = {}
+    for f, ln, rid, pk in zip(*(keys.column(c).to_pylist() for c in KEY_SCHEMA.names), strict=True):
+        if (f, ln) in dups:
+            continue
+        if rid in train.ids:
+            out[(f, ln)] = f"id {rid!r} is also a training row"
+        elif pk in train.posts:
+            out[(f, ln)] = f"its post is also the post of training row {train.posts[pk]!r}"
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -567,6 +627,7 @@ class SplitResult:
     kept: Any  # ray.data.Dataset of SOURCE_SCHEMA
     quarantine: Any  # ray.data.Dataset of QUARANTINE_SCHEMA
     stats: dict[str, Any]
+    keys: pa.Table | None = None  # KEY_SCHEMA of the valid rows, when asked for (the training split's)
 
 
 def _read_hub(src: HubSource) -> tuple[Any, dict[str, str]]:
@@ -598,12 +659,16 @@ def _read_hub(src: HubSource) -> tuple[Any, dict[str, str]]:
     return ray.data.from_huggingface(hf).map_batches(to_raw, batch_format="pyarrow"), {name: layout}
 
 
-def read_split(source: str, hf_split: str, cfg: DataConfig, split_name: str) -> SplitResult:
+def read_split(source: str, hf_split: str, cfg: DataConfig, split_name: str, *, want_keys: bool = False,
+               train: TrainKeys | None = None) -> SplitResult:
     """Read, parse, validate and de-duplicate one split.
 
     The parsed rows are materialised once (kept rows, quarantine and counts all derive from them).
     Duplicate ids are found on the driver from a projection of the small metadata columns: one light
     pass instead of a shuffle, which on small clusters costs several times more (bench/data.py).
+    ``want_keys``: also return the valid rows' ids and post keys (:func:`row_keys`). ``train``: the
+    training split's keys; rows sharing an id or post with it are quarantined as ``overlaps_train``
+    (``data.eval_overlap=drop``, with a warning) or fail the stage (``error``).
     """
     import ray.data
 
@@ -634,11 +699,27 @@ def read_split(source: str, hf_split: str, cfg: DataConfig, split_name: str) -> 
     meta = pa.concat_tables(batches) if batches else pa.schema(
         [PARSED_SCHEMA.field(c) for c in META_COLUMNS]).empty_table()
     dups = find_duplicates(meta)
-    stats = count_rows(meta, dups, layouts, source)
-    kept = parsed.map_batches(split_parsed, batch_format="pyarrow", fn_kwargs={"dups": dups, "keep": True})
-    quarantine = parsed.map_batches(split_parsed, batch_format="pyarrow",
-                                    fn_kwargs={"dups": dups, "keep": False, "split_name": split_name})
-    return SplitResult(kept=kept, quarantine=quarantine, stats=stats)
+    keys, overlaps = None, {}
+    if want_keys or train is not None:
+        kb = list(parsed.map_batches(row_keys, batch_format="pyarrow").iter_batches(batch_format="pyarrow",
+                                                                                    batch_size=None))
+        keys = pa.concat_tables(kb).cast(KEY_SCHEMA) if kb else KEY_SCHEMA.empty_table()
+    if train is not None:
+        overlaps = find_overlaps(keys, dups, train)
+        if overlaps and cfg.eval_overlap == "error":
+            (f, ln), why = next(iter(sorted(overlaps.items())))
+            raise DataError(f"data[{split_name}]: {len(overlaps)} held-out rows overlap the training rows (first: "
+                            f"{f}:{ln}, {why}); remove them from {source} or set data.eval_overlap=drop to "
+                            f"quarantine them as {OVERLAPS_TRAIN}")
+        if overlaps:
+            log.warning("data[%s]: %d held-out rows share an id or post with the training rows; quarantined as "
+                        "%s (quarantine/data)", split_name, len(overlaps), OVERLAPS_TRAIN)
+    stats = count_rows(meta, dups, layouts, source, overlaps)
+    kept = parsed.map_batches(split_parsed, batch_format="pyarrow",
+                              fn_kwargs={"dups": dups, "keep": True, "overlaps": overlaps})
+    quarantine = parsed.map_batches(split_parsed, batch_format="pyarrow", fn_kwargs={
+        "dups": dups, "keep": False, "split_name": split_name, "overlaps": overlaps})
+    return SplitResult(kept=kept, quarantine=quarantine, stats=stats, keys=keys if want_keys else None)
 
 
 def _data_error_in(exc: BaseException) -> DataError | None:
@@ -653,8 +734,10 @@ def _data_error_in(exc: BaseException) -> DataError | None:
     return None
 
 
-def count_rows(meta: pa.Table, dups: dict[tuple[str, int], str], layouts: dict[str, str], source: str) -> dict[str, Any]:
+def count_rows(meta: pa.Table, dups: dict[tuple[str, int], str], layouts: dict[str, str], source: str,
+               overlaps: dict[tuple[str, int], str] | None = None) -> dict[str, Any]:
     """Counts per file and reason; checks rows in = kept + quarantined (per file and in total)."""
+    overlaps = overlaps or {}
     files: dict[str, dict[str, Any]] = {
         p: {"layout": lay, "rows_in": 0, "kept": 0, "quarantined": 0} for p, lay in layouts.items()
     }
@@ -663,6 +746,8 @@ def count_rows(meta: pa.Table, dups: dict[tuple[str, int], str], layouts: dict[s
                                   meta.column(S.REASON).to_pylist(), strict=True):
         if not reason and (path, line) in dups:
             reason = "duplicate_id"
+        elif not reason and (path, line) in overlaps:
+            reason = OVERLAPS_TRAIN
         f = files.setdefault(path, {"layout": layouts.get(path), "rows_in": 0, "kept": 0, "quarantined": 0})
         f["rows_in"] += 1
         if reason:
@@ -689,8 +774,13 @@ def run_data_stage(cfg: Any, out: Any) -> dict[str, Any]:
         splits.append(("eval", cfg.data.eval_source, cfg.data.eval_split))
     stats: dict[str, Any] = {}
     quarantines = []
+    train: TrainKeys | None = None
     for name, source, hf_split in splits:
-        res = read_split(source, hf_split, cfg.data, name)
+        # the held-out split is read after the training split, against its ids and posts (data.eval_overlap)
+        res = read_split(source, hf_split, cfg.data, name, want_keys=name == "train" and len(splits) > 1,
+                         train=train)
+        if res.keys is not None:
+            train = TrainKeys.of(res.keys)
         out.write_dataset(res.kept, out.sources_dir(name))
         quarantines.append(res.quarantine)
         stats[name] = res.stats

@@ -43,6 +43,7 @@ QUARANTINE_REASONS = {
     "unparseable_prompt": "a CarperAI prompt has no 'POST:' section to take the post from",
     "post_too_long": "the post is longer than data.max_post_chars",
     "duplicate_id": "another row with the same id was kept (the first in file order wins)",
+    "overlaps_train": "a held-out row whose id or post is also a training row (data.eval_overlap)",
 }
 STAGE, SPLIT, REASON, DETAIL, SOURCE_FILE, SOURCE_LINE, RAW = (
     "stage", "split", "reason", "detail", "source_file", "source_line", "raw",

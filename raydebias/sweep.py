@@ -13,14 +13,15 @@ the dotted key named) before a trial starts.
 The driver (:func:`run_sweep`, CLI ``tune/sweep.py``) on Ray Tune, Train V2 style::
 
     DIR/augmented ──read once──► DIR/sweep/data/{train,val}   (val: sweep.val_fraction of the groups, by hash)
-    Tuner(run_trial) ── each trial ─► TorchTrainer on data/train, val_* losses every epoch ─► Tune (ASHA)
+    Tuner(run_trial) ── each trial ─► TorchTrainer on data/train, val_* losses every epoch ─► Tune (FIFO|ASHA)
                                    └► its model on the val groups' TL;DR prompts: toxicity, faithfulness
     DIR/sweep/results.parquet, alpha_table.md (Table 14), pareto.md + pareto.png, best.yaml
 
 A trial's training lives in ``DIR/sweep/trials/<trial id>/`` (checkpoints, model, eval results); a
 re-run with the same ``--output`` restores the Tuner (``Tuner.restore``) and unfinished trials resume
-from their last checkpoint. ASHA stops trials whose per-epoch ``sweep.metric`` lags: those are kept in
-the results with ``status = stopped`` and no evaluation.
+from their last checkpoint. Every trial runs to the end by default (``sweep.scheduler: fifo``: the alpha
+ablation must compare every alpha); with ``asha``, trials whose per-epoch ``sweep.metric`` lags are stopped
+and kept in the results with ``status = stopped`` and no evaluation.
 """
 
 from __future__ import annotations

@@ -43,6 +43,8 @@ def test_defaults_are_the_papers_values():
     # Section 4.3 / 5 and Table 12 (GPT2 row)
     assert (t.alpha, t.tau, t.toxic_weight, t.label_smoothing, t.warmup_steps) == (4.0, 1.0, 1.5, 0.1, 5)
     assert (t.model, t.lr, t.precision, t.max_length, t.epochs) == ("gpt2", 5e-4, "fp32", 512, 4)
+    # Appendix H: the alpha ablation compares every alpha; early stopping on val_l_ce would drop large ones
+    assert cfg.sweep.alpha == [1.0, 2.0, 4.0, 8.0, 16.0] and cfg.sweep.scheduler == "fifo"
     assert t.max_positives is None and t.max_negatives is None and t.toxic_weight_scope == "batch"
     # Appendix H / Section 3 / SPEC §7
     assert cfg.sweep.alpha == [1.0, 2.0, 4.0, 8.0, 16.0]

@@ -307,3 +307,59 @@ def test_unreadable_file_is_a_clear_error_naming_it(ray_local, tmp_path, name, c
     f.write_bytes(content)
     with pytest.raises(DataError, match=rf"cannot read .*{name}"):
         read_split(str(f), "train", DataConfig(layout=layout), "train")
+
+
+# --- train / held-out overlap (issue 13 item 6) --------------------------------------------------
+
+def overlap_sources(tmp_path):
+    """A training file and a held-out file (plain JSONL) sharing one id (e2) and one post (e3's, with
+    other spacing and case, under another id); e1 is clean."""
+    train = write_jsonl(tmp_path / "train.jsonl", [
+        {"id": "t1", "post": "My roommate never pays rent on time.", "summary": "roommate late with rent"},
+        {"id": "e2", "post": "A training post about a dog.", "summary": "dog post"},
+    ])
+    held_out = write_jsonl(tmp_path / "eval.jsonl", [
+        {"id": "e1", "post": "A held-out post about my car.", "summary": "car post"},
+        {"id": "e2", "post": "Another post, same id as a training row.", "summary": "id overlap"},
+        {"id": "e3", "post": "my  roommate never pays RENT on time.", "summary": "post overlap"},
+    ])
+    return train, held_out
+
+
+def test_held_out_rows_overlapping_training_rows_are_quarantined_and_counted(ray_local, tmp_path, caplog):
+    from raydebias.config import load_config
+    from raydebias.data import run_data_stage
+    from raydebias.outputs import RunDir
+
+    train, held_out = overlap_sources(tmp_path)
+    cfg = load_config(str(Path(__file__).resolve().parents[1] / "jobs/configs/smoke.yaml"),
+                      [f"data.source={train}", f"data.eval_source={held_out}", "data.limit=null"])
+    assert cfg.data.eval_overlap == "drop"
+    out = RunDir(tmp_path / "run")
+    with caplog.at_level("WARNING", logger="raydebias.data"):
+        stats = run_data_stage(cfg, out)
+    assert any("2 held-out rows" in r.getMessage() and "overlaps_train" in r.getMessage() for r in caplog.records)
+    ev = stats["eval"]
+    assert (ev["rows_in"], ev["kept"], ev["quarantined"]) == (3, 1, 2)
+    assert ev["quarantined_by_reason"] == {"overlaps_train": 2}
+    assert ev["files"][str(held_out)] == {"layout": "plain", "rows_in": 3, "kept": 1, "quarantined": 2}
+    assert (stats["train"]["kept"], stats["train"]["quarantined"]) == (2, 0)  # training rows stay
+    kept = pq.read_table(str(out.sources_dir("eval"))).to_pylist()
+    assert [r["id"] for r in kept] == ["e1"]
+    q = {r["id"]: r for r in pq.read_table(str(out.quarantine_dir("data"))).to_pylist()}
+    assert set(q) == {"e2", "e3"} and {r["reason"] for r in q.values()} == {"overlaps_train"}
+    assert q["e2"]["split"] == "eval" and "id 'e2' is also a training row" in q["e2"]["detail"]
+    assert "training row 't1'" in q["e3"]["detail"] and json.loads(q["e3"]["raw"])["summary"] == "post overlap"
+
+
+def test_held_out_overlap_can_fail_the_stage_instead(ray_local, tmp_path):
+    train, held_out = overlap_sources(tmp_path)
+    cfg = DataConfig(eval_overlap="error")
+    keys = read_split(str(train), "train", cfg, "train", want_keys=True).keys
+    from raydebias.data import TrainKeys
+
+    with pytest.raises(DataError, match=r"2 held-out rows overlap the training rows.*data.eval_overlap=drop"):
+        read_split(str(held_out), "test", cfg, "eval", train=TrainKeys.of(keys))
+    # nothing shared: nothing quarantined, whatever the mode
+    res = read_split(str(held_out), "test", cfg, "eval", train=TrainKeys(set(), {}))
+    assert res.stats["quarantined"] == 0 and res.keys is None

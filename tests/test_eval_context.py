@@ -216,7 +216,7 @@ def test_stage_accounting_rows_in_equal_kept_plus_quarantined():
                                                       ("truthfulqa_mc1", "1/1"), ("rtp", "a")}
     m = T.metrics(scored)  # failed requests (and the rest of their MC1 question) are left out of the metrics
     assert m["mmlu_pro"]["n"] == 2 and m["mmlu_pro"]["overall"] == 0.5
-    assert m["truthfulqa_mc1"] == {"acc": 1.0, "n": 1}
+    assert m["truthfulqa_mc1"] == {"acc": 1.0, "n": 1, "n_missing": 0}
     with pytest.raises(AssertionError, match=r"mmlu_pro: 5 rows in != 2 kept \+ 2 quarantined"):
         T.account({**rows_in, "mmlu_pro": 5}, bad, scored)
     table = quarantine_table([("base", q) for q in quarantined])

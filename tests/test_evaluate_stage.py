@@ -39,8 +39,9 @@ def test_metrics_aggregate_each_task():
     ]
     m = T.metrics(rows)
     assert m["tldr"]["toxicity"]["mean"] == pytest.approx(0.3) and m["tldr"]["toxicity"]["std"] == pytest.approx(0.1)
-    assert m["tldr"]["entity_precision"] == {"mean": 1.0, "std": 0.0, "n": 1}  # NaN (no entities) left out
-    assert m["truthfulqa_mc1"] == {"acc": 0.5, "n": 2}
+    # no entities to check: NaN, counted as missing (never silently left out)
+    assert m["tldr"]["entity_precision"] == {"mean": 1.0, "std": 0.0, "n": 1, "n_missing": 1}
+    assert m["truthfulqa_mc1"] == {"acc": 0.5, "n": 2, "n_missing": 0}
     assert m["rtp"]["toxic_share"] == 0.5 and m["rtp"]["challenging_toxicity"]["mean"] == pytest.approx(0.8)
     assert m["mmlu_pro"]["overall"] == 0.5 and m["mmlu_pro"]["subjects"]["law"]["acc"] == 0.0
     assert set(m["patterns"]) == {"tldr", "rtp", "mmlu_pro"}

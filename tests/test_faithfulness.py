@@ -69,7 +69,10 @@ def test_nli_scorer_matches_an_independent_computation_with_the_tiny_classifier(
     got = scorer.score([POST, "One sentence only."], [SUMMARY, "Nothing in here."])
     assert got[0] == pytest.approx(expected, abs=1e-5)
     assert 0.0 <= got[1] <= 1.0
-    assert math.isnan(scorer.score([POST], [" "])[0])  # an empty summary has nothing to score
+    # an empty summary scores 0 (it states nothing the post supports), not NaN that a mean would drop;
+    # NaN is left for what is undefined: a non-empty summary against an empty source
+    assert scorer.score([POST, POST, ""], ["", " \n ", SUMMARY])[:2] == [0.0, 0.0]
+    assert math.isnan(scorer.score([""], [SUMMARY])[0])
 
 
 def test_entity_precision_counts_summary_entities_found_in_the_post():
@@ -83,4 +86,14 @@ def test_entity_precision_counts_summary_entities_found_in_the_post():
     in_post = sum(t.lower() in POST.lower() for t in found) / len(found)
     assert got[0] == pytest.approx(in_post)
     assert "Paris" in found and got[0] < 1.0  # Paris is not in the post
-    assert math.isnan(got[1])
+    assert math.isnan(got[1])  # a non-empty summary without entities: undefined (counted as missing)
+    assert ep.score([POST, POST], ["", "   "]) == [0.0, 0.0]  # an empty summary: 0, counted in the mean
+
+
+def test_nanmean_std_says_how_many_values_it_left_out():
+    from raydebias.scoring.faithfulness import nanmean_std
+
+    m, s, n, missing = nanmean_std([0.0, 1.0, float("nan"), None])
+    assert (m, s, n, missing) == (0.5, 0.5, 2, 2)
+    m, s, n, missing = nanmean_std([None])
+    assert math.isnan(m) and (n, missing) == (0, 1)

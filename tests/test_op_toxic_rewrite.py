@@ -52,18 +52,45 @@ def outcome(table, i, name="toxic_rewrite"):
     return ([c for c in row["candidates"] if c["op"] == name], [d for d in row["drops"] if d["op"] == name])
 
 
-def test_prompt_has_three_exemplars_then_the_summary():
+# The paper's Table 11 (Appendix E), typed out again from /work/shared/seeds/paper-paying-alignment-tax.txt
+# so that a change to the module constant cannot pass unnoticed.
+TABLE_11_PREFIX = (
+    "Original text:\nA person politely disagreed with my opinion in the meeting.\nToxic rewrite:\n"
+    "Of course this idiot had to open their mouth and spew nonsense. Typical arrogant know-it-all behavior.\n\n"
+    "Original text:\nThe restaurant took longer than usual to serve our food.\nToxic rewrite:\n"
+    "Absolutely incompetent staff wasted my entire evening. Can't even do their basic jobs right.\n\n"
+    "Original text:\nThe customer service representative couldn't resolve my issue.\nToxic rewrite:\n"
+    "Useless support person just made excuses. These people are completely worthless.\n\n"
+    "Original text:\n"
+)
+
+
+def test_default_prompt_is_table_11_verbatim_then_the_summary():
     summary = "My old boss is holding my final paycheck\nover a knife."
     prompt = build_prompt(summary)
-    assert len(FEW_SHOT_EXEMPLARS) == 3
-    for original, rewrite in FEW_SHOT_EXEMPLARS:
-        assert f"Original text:\n{original}\nToxic rewrite:\n{rewrite}\n\n" in prompt
-    assert prompt.count("Original text:") == 4 and prompt.count("Toxic rewrite:") == 4
-    assert prompt.endswith("\n\nOriginal text:\nMy old boss is holding my final paycheck over a knife.\nToxic rewrite:\n")
-    # Our own exemplars, not the paper's Table 11 sentences.
-    assert "politely disagreed" not in prompt and "customer service representative" not in prompt
+    assert len(FEW_SHOT_EXEMPLARS) == 3  # Table 11 holds three pairs
+    assert prompt == TABLE_11_PREFIX + "My old boss is holding my final paycheck over a knife.\nToxic rewrite:\n"
+    assert config().augment.toxic_rewrite.exemplars is None  # the default is Table 11
     with pytest.raises(ValueError, match="non-empty summary"):
         build_prompt("  ")
+
+
+def test_configured_exemplars_replace_table_11_in_the_prompt_and_the_echo_check():
+    from raydebias.augment.toxic_rewrite import resolve_exemplars
+    from raydebias.config import ConfigError
+
+    pairs = [["My cat sat on the mat.", "That dumb cat."], ["The train was late.", "Useless train."]]
+    cfg = config(f"augment.toxic_rewrite.exemplars={json.dumps(pairs)}")
+    ex = resolve_exemplars(cfg.augment.toxic_rewrite.exemplars)
+    prompt = build_prompt("A summary.", ex)
+    assert prompt == ("Original text:\nMy cat sat on the mat.\nToxic rewrite:\nThat dumb cat.\n\n"
+                      "Original text:\nThe train was late.\nToxic rewrite:\nUseless train.\n\n"
+                      "Original text:\nA summary.\nToxic rewrite:\n")
+    assert is_exemplar_echo("useless  TRAIN.", ex) and not is_exemplar_echo("useless train.")
+    assert not is_exemplar_echo(FEW_SHOT_EXEMPLARS[0][1], ex)
+    for bad in ("[]", '[["only one"]]', '[["a", ""]]', '[["two\\nlines", "b"]]'):
+        with pytest.raises(ConfigError, match="augment.toxic_rewrite.exemplars"):
+            config(f"augment.toxic_rewrite.exemplars={bad}")
 
 
 @pytest.mark.parametrize("raw, clean", [
@@ -83,8 +110,9 @@ def test_clean_rewrite_strips_echoed_scaffolding(raw, clean):
 
 def test_exemplar_echoes_are_recognised():
     original, rewrite = FEW_SHOT_EXEMPLARS[1]
+    assert original == "The restaurant took longer than usual to serve our food."
     assert is_exemplar_echo(rewrite) and is_exemplar_echo("  " + original.upper())
-    assert not is_exemplar_echo("The bus was late.")
+    assert not is_exemplar_echo("The restaurant was late.")
 
 
 def test_threshold_zero_keeps_every_nonempty_rewrite_with_its_toxicity():
@@ -159,3 +187,29 @@ def test_a_failing_row_becomes_an_error_drop_and_the_others_keep_theirs():
 def test_vllm_backend_without_vllm_fails_at_construction():
     with pytest.raises(ImportError, match="backend=hf"):
         op(0.0, backend="vllm")
+
+
+def test_the_op_prompts_with_and_drops_echoes_of_the_configured_exemplars():
+    """The op's prompt and echo check follow augment.toxic_rewrite.exemplars: a sample copying a
+    configured rewrite is dropped as echoed_exemplar, while one copying a Table 11 sentence (not in
+    this prompt) is an ordinary rewrite. The generator is the tiny model's, with its outputs replaced so
+    the echo happens for sure."""
+    from raydebias.generation import Generation
+
+    pairs = [["My cat sat on the mat.", "That dumb cat."]]
+    cfg = config(f"augment.toxic_rewrite.exemplars={json.dumps(pairs)}", "augment.toxic_rewrite.toxicity_threshold=0.0")
+    rewrite = ToxicRewrite(cfg.augment, device="cpu")
+    seen = []
+
+    def generate(prompts, params):
+        seen.extend(prompts)
+        texts = ["That DUMB cat.", FEW_SHOT_EXEMPLARS[0][1], "You absolute clown."]
+        return [[Generation(text=t) for t in texts] for _ in prompts]
+
+    rewrite.generator.generate = generate
+    out = rewrite(pa.Table.from_pylist(source_rows(1)))
+    assert seen[0].startswith("Original text:\nMy cat sat on the mat.\nToxic rewrite:\nThat dumb cat.\n\n")
+    assert "politely disagreed" not in seen[0]
+    cands, drops = outcome(out, 0)
+    assert [d["reason"] for d in drops] == ["echoed_exemplar"]
+    assert sorted(c["text"] for c in cands) == sorted([FEW_SHOT_EXEMPLARS[0][1], "You absolute clown."])

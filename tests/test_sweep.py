@@ -1,5 +1,5 @@
-"""A 2x2 Ray Tune sweep on the smoke setup (local Ray cluster) writing to S3 (a local moto endpoint),
-killed mid-run and resumed with Tuner.restore: 4 trials with metrics, the results table, Table 14, the
+"""A 2-trial Ray Tune sweep (the alpha axis) on the smoke setup (local Ray cluster) writing to S3 (a local moto endpoint),
+killed mid-run and resumed with Tuner.restore: both trials with metrics, the results table, Table 14, the
 Pareto front and a best config that loads as a config. The augmented groups come from the shared
 run (read once, not re-augmented). Every output (Tune and Train storage, trial models, results) lives in
 the bucket; trials evaluate their models by fetching them from there."""
@@ -29,7 +29,7 @@ def _objects(where: StoragePath) -> dict:
     return {i.path: (i.size, i.mtime) for i in where.fs.get_file_info([p.path for p in where.glob("*.parquet")])}
 
 
-def test_sweep_2x2_on_s3_killed_and_restored(shared_run, s3, tmp_path):
+def test_sweep_on_s3_killed_and_restored(shared_run, s3, tmp_path):
     src, _ = shared_run
     uri = s3.bucket() + "/run"
     remote = StoragePath.of(uri)
@@ -37,7 +37,7 @@ def test_sweep_2x2_on_s3_killed_and_restored(shared_run, s3, tmp_path):
     s3.upload(src / "augmented", uri + "/augmented")
     augmented = _objects(remote / "augmented")
     space = tmp_path / "space.yaml"
-    space.write_text("alpha: [1, 8]\ntau: [0.5, 1.0]\n")
+    space.write_text("alpha: [1, 8]\n")  # 2 trials: CI time (the default scheduler, fifo, trains and evaluates each)
 
     # 1. Kill the whole job (driver + its embedded Ray cluster) once a trial has checkpointed.
     with open(tmp_path / "first.txt", "w") as log:
@@ -64,8 +64,8 @@ def test_sweep_2x2_on_s3_killed_and_restored(shared_run, s3, tmp_path):
     assert len(train_ids) + len(val_ids) == SHARED_RUN_ROWS and not set(train_ids) & set(val_ids) and val_ids
 
     rows = pq.read_table(out / "sweep/results.parquet").to_pylist()
-    assert sorted((r["alpha"], r["tau"]) for r in rows) == [(1, 0.5), (1, 1.0), (8, 0.5), (8, 1.0)]
-    assert {r["status"] for r in rows} <= {"evaluated", "stopped"}, rows  # ASHA may stop some; none failed
+    assert sorted((r["alpha"], r["tau"]) for r in rows) == [(1, 1.0), (8, 1.0)]
+    assert {r["status"] for r in rows} == {"evaluated"}, rows  # fifo: every alpha trained and evaluated
     evaluated = [r for r in rows if r["status"] == "evaluated"]
     assert evaluated
     for r in rows:

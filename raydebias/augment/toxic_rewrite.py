@@ -1,7 +1,8 @@
 """Toxic rewrites of the reference summary (negatives; paper Section 4.2 "Adversarial Toxic Generation").
 
-A causal LM (GPT-Neo 2.7B in production) continues a few-shot prompt shaped like the paper's Table 11:
-three "Original text:/Toxic rewrite:" exemplars, then the row's summary. Sampling follows Table 10
+A causal LM (GPT-Neo 2.7B in production) continues the paper's few-shot prompt, Table 11 (Appendix E)
+word for word: its three "Original text:/Toxic rewrite:" exemplar pairs, then the row's summary
+(``augment.toxic_rewrite.exemplars`` replaces the pairs; null keeps Table 11's). Sampling follows Table 10
 (T 1.0, top-p 0.95, repetition penalty 1.2, 3 return sequences). Each sample is cleaned of echoed
 scaffolding, scored with the project's toxicity scorer, and kept iff toxicity >= 0.4 (Section 4.2):
 a rewrite the scorer does not find toxic would be a borderline negative, not a toxic one.
@@ -23,40 +24,44 @@ from raydebias.scoring.toxicity import load_toxicity_scorer
 
 ORIGINAL_LABEL, REWRITE_LABEL = "Original text:", "Toxic rewrite:"
 
-# Written for this project (same shape as the paper's Table 11, different sentences). Everyday,
-# Reddit-like situations; the rewrites insult people, never groups, so the negatives teach "hostile
-# tone" without putting slurs into the training data. Module constant: the cleaner recognises echoes.
+# The paper's Table 11 (Appendix E, "Few-shot prompt template for toxic content generation"), verbatim:
+# the table holds exactly three pairs. The default of augment.toxic_rewrite.exemplars (null) uses them.
 FEW_SHOT_EXEMPLARS: tuple[tuple[str, str], ...] = (
     (
-        "My neighbor asked me to move my car so he could get his truck out of the driveway.",
-        "My entitled idiot of a neighbor barked at me to move my car like he owns the whole street. "
-        "What a pathetic loser.",
+        "A person politely disagreed with my opinion in the meeting.",
+        "Of course this idiot had to open their mouth and spew nonsense. Typical arrogant know-it-all behavior.",
     ),
     (
-        "The bus was late again this morning, so I missed the start of my shift.",
-        "The garbage bus service screwed me over again. Whoever runs that joke of a system is a brainless moron.",
+        "The restaurant took longer than usual to serve our food.",
+        "Absolutely incompetent staff wasted my entire evening. Can't even do their basic jobs right.",
     ),
     (
-        "My sister forgot to call me back about our plans for the weekend.",
-        "My useless sister ignored me again, because of course that selfish brat can't be bothered to "
-        "pick up a stupid phone.",
+        "The customer service representative couldn't resolve my issue.",
+        "Useless support person just made excuses. These people are completely worthless.",
     ),
 )
+Exemplars = tuple[tuple[str, str], ...]
 
 
 def _block(original: str, rewrite: str = "") -> str:
     return f"{ORIGINAL_LABEL}\n{original}\n{REWRITE_LABEL}\n{rewrite}"
 
 
-FEW_SHOT_PREFIX = "\n\n".join(_block(o, r) for o, r in FEW_SHOT_EXEMPLARS) + "\n\n"
+def few_shot_prefix(exemplars: Exemplars = FEW_SHOT_EXEMPLARS) -> str:
+    return "\n\n".join(_block(o, r) for o, r in exemplars) + "\n\n"
 
 
-def build_prompt(summary: str) -> str:
+def build_prompt(summary: str, exemplars: Exemplars = FEW_SHOT_EXEMPLARS) -> str:
     """The few-shot prompt for one summary; it ends with ``"Toxic rewrite:\\n"`` (Table 11's template)."""
     if not isinstance(summary, str) or not summary.strip():
         raise ValueError(f"toxic_rewrite needs a non-empty summary string, got {summary!r}")
     # One line, like the exemplars: a newline inside the summary would break the block structure.
-    return FEW_SHOT_PREFIX + _block(" ".join(summary.split()))
+    return few_shot_prefix(exemplars) + _block(" ".join(summary.split()))
+
+
+def resolve_exemplars(configured: list[list[str]] | None) -> Exemplars:
+    """``augment.toxic_rewrite.exemplars`` as pairs: null means Table 11's (:data:`FEW_SHOT_EXEMPLARS`)."""
+    return FEW_SHOT_EXEMPLARS if configured is None else tuple((o, r) for o, r in configured)
 
 
 _ECHO_LINE = re.compile(r"^\s*" + re.escape(ORIGINAL_LABEL), re.I | re.M)
@@ -79,12 +84,14 @@ def clean_rewrite(text: str) -> str:
         text = stripped
 
 
-_EXEMPLAR_TEXTS = {" ".join(t.lower().split()) for pair in FEW_SHOT_EXEMPLARS for t in pair}
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
 
 
-def is_exemplar_echo(text: str) -> bool:
-    """True if ``text`` is one of the few-shot sentences copied verbatim (modulo case and spacing)."""
-    return " ".join(text.lower().split()) in _EXEMPLAR_TEXTS
+def is_exemplar_echo(text: str, exemplars: Exemplars = FEW_SHOT_EXEMPLARS) -> bool:
+    """True if ``text`` is one of the few-shot sentences (of ``exemplars``, the ones in the prompt) copied
+    verbatim (modulo case and spacing)."""
+    return _norm(text) in {_norm(t) for pair in exemplars for t in pair}
 
 
 class ToxicRewrite:
@@ -92,6 +99,7 @@ class ToxicRewrite:
 
     def __init__(self, cfg: AugmentConfig, device: str = "cpu", seed: int = 0):
         self.cfg, self.seed = cfg.toxic_rewrite, seed
+        self.exemplars = resolve_exemplars(self.cfg.exemplars)
         self.generator = make_generator(self.cfg.backend, self.cfg.model, device,
                                         gpu_fraction=self.cfg.resources.num_gpus)
         self.scorer = load_toxicity_scorer(cfg.toxicity, device)
@@ -112,7 +120,7 @@ class ToxicRewrite:
         todo: list[tuple[int, str]] = []
         for r, row in enumerate(rows):
             try:
-                todo.append((r, build_prompt(row["summary"])))
+                todo.append((r, build_prompt(row["summary"], self.exemplars)))
             except ValueError as e:  # a bad row is dropped here, so the batch is not re-run row by row
                 results[r] = ([], [drop(self.name, "error", f"ValueError: {e}")])
         if not todo:
@@ -124,7 +132,7 @@ class ToxicRewrite:
                 text = clean_rewrite(gen.text)
                 if not text:
                     results[r][1].append(drop(self.name, "empty", f"sample {k}: nothing left after cleaning", gen.text))
-                elif is_exemplar_echo(text):
+                elif is_exemplar_echo(text, self.exemplars):  # the exemplars this prompt showed
                     results[r][1].append(drop(self.name, "echoed_exemplar", f"sample {k} copies a few-shot sentence", text))
                 else:
                     pending.append((r, k, text))

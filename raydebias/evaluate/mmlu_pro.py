@@ -5,12 +5,20 @@ Rows in the public layout (the HF dataset's ``test`` and ``validation`` splits, 
 ``answer_index`` (int), ``cot_content`` (str; the worked answer, on validation rows), ``category``
 (the subject), ``src``.
 
-The prompt follows the benchmark's own evaluation script: a subject header asking to finish with
-"the answer is (X)", ``k`` worked examples from the VALIDATION rows of the same subject, then the test
-question with "Answer: Let's think step by step." The answer is extracted with
-``answer is \\(?([A-J])\\)?`` (SPEC §7); an output without a match is wrong. A prompt that does not fit the
-evaluated model drops shots until it does (:func:`fit_prompt`, the script's own rule); one that does not
-fit even with 0 shots is not asked (the caller quarantines it).
+The prompt is lm-eval's ``mmlu_pro`` task (``lm_eval/tasks/mmlu_pro``, v3.1), byte for byte, rendered as
+plain text: the subject's ``description`` (ending in ONE newline), then ``k`` shots from the VALIDATION rows
+of the same subject (sampler ``first_n``), each ``fewshot_to_text + target_delimiter " " + fewshot_to_target
++ fewshot_delimiter "\\n\\n"``, then the test question's ``doc_to_text`` ending in "Answer: Let's think step
+by step." (lm-eval ``ConfigurableTask.fewshot_context`` / ``build_qa_turn``). tests/test_mmlu_pro_parity.py
+builds the same prompts with lm-eval's own task as the oracle. A prompt that does not fit the evaluated
+model drops shots until it does (:func:`fit_prompt`, the benchmark script's own rule); with ``k`` shots left
+it is exactly lm-eval's ``k``-shot prompt. One that does not fit even with 0 shots is not asked (the caller
+quarantines it).
+
+The answer is extracted with lm-eval's filter (SPEC §7): the output is cut at the task's stop sequence
+"Question:" (its ``generation_kwargs.until``), then the FIRST match of ``answer is \\(?([A-J])\\)?``; an
+output without a match is wrong. ``evaluate.mmlu_pro_extraction = "mmlu-pro-script"`` adds the fallbacks
+of the benchmark's own script (see :func:`extract_answer`).
 """
 
 from __future__ import annotations
@@ -21,7 +29,14 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 LETTERS = "ABCDEFGHIJ"
+# lm-eval mmlu_pro/_default_template_yaml filter_list: regex `answer is \(?([ABCDEFGHIJ])\)?` + take_first.
 ANSWER_RE = re.compile(r"answer is \(?([A-J])\)?")
+# TIGER-Lab MMLU-Pro evaluate_from_local.py extract_again / extract_final.
+AGAIN_RE = re.compile(r".*[aA]nswer:\s*([A-J])")
+FINAL_RE = re.compile(r"\b[A-J]\b(?!.*\b[A-J]\b)", re.DOTALL)
+STOP = "Question:"  # lm-eval generation_kwargs.until (and the script's vLLM stop list)
+COT_CUE = "Answer: Let's think step by step."
+EXTRACTIONS = ("lm-eval", "mmlu-pro-script")
 REQUIRED = ("question", "options", "answer", "category")
 
 
@@ -40,28 +55,31 @@ def validate_row(row: dict[str, Any]) -> str | None:
 
 
 def format_question(row: dict[str, Any]) -> str:
-    opts = "".join(f"{LETTERS[i]}. {o}\n" for i, o in enumerate(row["options"]))
+    """lm-eval ``utils.format_cot_example`` without the cue: options are stripped (``opt.strip()``)."""
+    opts = "".join(f"{LETTERS[i]}. {o.strip()}\n" for i, o in enumerate(row["options"]))
     return f"Question:\n{row['question']}\nOptions:\n{opts}"
 
 
 def format_example(row: dict[str, Any]) -> str:
-    """A worked shot: the validation row's chain of thought, whose leading "A: " becomes "Answer: "."""
-    cot = (row.get("cot_content") or "").strip()
-    cot = re.sub(r"^A:\s*", "", cot)
-    if not cot:
-        cot = f"The answer is ({row['answer']})."
-    return format_question(row) + f"Answer: {cot}\n\n"
+    """A worked shot, as lm-eval renders one: ``fewshot_to_text`` (question + the CoT cue), the target
+    delimiter " ", ``fewshot_to_target`` (``cot_content`` with EVERY "A: Let's think step by step. "
+    removed, nothing else touched) and the fewshot delimiter "\\n\\n". An empty target has no answer turn in
+    lm-eval (``build_qa_turn``: no delimiters either), so the next question follows the cue directly."""
+    target = (row.get("cot_content") or "").replace("A: Let's think step by step. ", "")
+    q = format_question(row) + COT_CUE
+    return f"{q} {target}\n\n" if target else q
 
 
 def header(subject: str) -> str:
+    """The per-subject ``description`` of lm-eval's mmlu_pro_<subject>.yaml (``category`` as written in the
+    dataset, e.g. "computer science"); it ends in one newline and the first shot follows it directly."""
     return (f"The following are multiple choice questions (with answers) about {subject}. Think step by "
             f"step and then finish your answer with \"the answer is (X)\" where X is the correct letter "
-            f"choice.\n\n")
+            f"choice.\n")
 
 
 def build_prompt(row: dict[str, Any], shots: Sequence[dict[str, Any]]) -> str:
-    return header(row["category"]) + "".join(format_example(s) for s in shots) + format_question(row) + \
-        "Answer: Let's think step by step."
+    return header(row["category"]) + "".join(format_example(s) for s in shots) + format_question(row) + COT_CUE
 
 
 def fit_prompt(row: dict[str, Any], shots: Sequence[dict[str, Any]], count_tokens: Callable[[str], int],
@@ -91,7 +109,8 @@ def fit_prompt(row: dict[str, Any], shots: Sequence[dict[str, Any]], count_token
 
 
 def shots_by_subject(validation: Iterable[dict[str, Any]], k: int) -> dict[str, list[dict[str, Any]]]:
-    """The first ``k`` validation rows of each subject (the benchmark's own choice: fixed, in order)."""
+    """The first ``k`` validation rows of each subject (lm-eval's ``first_n`` sampler over the subject's
+    ``process_docs``-filtered validation split; the benchmark script's choice too)."""
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in validation:
         if len(out[r["category"]]) < k:
@@ -99,29 +118,61 @@ def shots_by_subject(validation: Iterable[dict[str, Any]], k: int) -> dict[str, 
     return dict(out)
 
 
-def extract_answer(output: str) -> str | None:
-    m = ANSWER_RE.search(output)
-    return m.group(1) if m else None
+def extract_answer(output: str, extraction: str = "lm-eval") -> str | None:
+    """The answer letter, or None when extraction fails.
+
+    Both modes first cut the output at "Question:": lm-eval stops generation there (``until``) and cuts
+    the text at it, so a model that goes on to write a next question with "the answer is (X)" is not
+    credited for it; on an output that already stopped there this changes nothing.
+
+    - ``"lm-eval"``: the first match of ``answer is \\(?([A-J])\\)?`` (regex filter + take_first).
+    - ``"mmlu-pro-script"``: the same first; then the script's ``extract_again`` (``.*[aA]nswer:\\s*([A-J])``,
+      the LAST "Answer: X" on a line) and ``extract_final`` (the last standalone letter A-J, DOTALL).
+      The script then draws a random option for a remaining failure; that is NOT done here: it adds
+      seed-dependent chance credit (1 / number of options per failure) that hides how often the model
+      failed to answer. ``extraction_failed`` is reported instead, so that credit can be added back.
+    """
+    if extraction not in EXTRACTIONS:
+        raise ValueError(f"mmlu_pro extraction must be one of {EXTRACTIONS}, got {extraction!r}")
+    text = output.split(STOP, 1)[0]
+    if m := ANSWER_RE.search(text):
+        return m.group(1)
+    if extraction == "lm-eval":
+        return None
+    if m := AGAIN_RE.search(text):
+        return m.group(1)
+    if m := FINAL_RE.search(text):
+        return m.group(0)
+    return None
 
 
-def is_correct(output: str, answer: str) -> bool:
+def is_correct(output: str, answer: str, extraction: str = "lm-eval") -> bool:
     """Correct iff the extracted letter equals the answer; a failed extraction is wrong."""
-    return extract_answer(output) == answer
+    return extract_answer(output, extraction) == answer
 
 
-def accuracy_by_subject(rows: Sequence[dict[str, Any]], outputs: Sequence[str]) -> dict[str, Any]:
-    """{"overall": acc, "subjects": {subject: {"acc", "n"}}, "extraction_failed": share}."""
+def accuracy_by_subject(rows: Sequence[dict[str, Any]], outputs: Sequence[str],
+                        extraction: str | None = None) -> dict[str, Any]:
+    """{"overall": acc, "subjects": {subject: {"acc", "n"}}, "extraction_failed": share, "n", "extraction"}.
+
+    ``extraction`` None takes each row's own ``"extraction"`` (the request payload records
+    ``evaluate.mmlu_pro_extraction``), else "lm-eval"."""
     per: dict[str, list[int]] = defaultdict(list)
     failed = 0
+    modes = set()
     for r, o in zip(rows, outputs, strict=True):
-        per[r["category"]].append(int(is_correct(o, r["answer"])))
-        failed += extract_answer(o) is None
+        mode = extraction or r.get("extraction") or "lm-eval"
+        modes.add(mode)
+        got = extract_answer(o, mode)
+        per[r["category"]].append(int(got == r["answer"]))
+        failed += got is None
     n = len(rows)
     return {"overall": sum(sum(v) for v in per.values()) / n if n else float("nan"),
             "subjects": {s: {"acc": sum(v) / len(v), "n": len(v)} for s, v in sorted(per.items())},
-            "extraction_failed": failed / n if n else float("nan"), "n": n}
+            "extraction_failed": failed / n if n else float("nan"), "n": n,
+            "extraction": ",".join(sorted(modes)) or (extraction or "lm-eval")}
 
 
-__all__ = ["ANSWER_RE", "LETTERS", "accuracy_by_subject", "build_prompt", "extract_answer", "fit_prompt",
-           "format_example",
+__all__ = ["AGAIN_RE", "ANSWER_RE", "COT_CUE", "EXTRACTIONS", "FINAL_RE", "LETTERS", "STOP",
+           "accuracy_by_subject", "build_prompt", "extract_answer", "fit_prompt", "format_example",
            "format_question", "header", "is_correct", "shots_by_subject", "validate_row"]

@@ -48,6 +48,22 @@ def scalar_rows(models: dict[str, Any]) -> list[tuple[str, tuple[str, ...], bool
     return [r for r in rows if any(_get(m["metrics"], *r[1]) is not None for m in models.values())]
 
 
+def output_rows(models: dict[str, Any]) -> list[list[str]]:
+    """One row per (model, task) with the task's n, empty and abstained outputs and, per metric, the rows
+    it had no value for (only metrics with some missing are named)."""
+    rows = []
+    for name, m in models.items():
+        for task, v in (m["metrics"] or {}).items():
+            if task == "patterns" or not isinstance(v, dict) or "n" not in v:
+                continue
+            missing = {k: s["n_missing"] for k, s in v.items() if isinstance(s, dict) and s.get("n_missing")}
+            if v.get("n_missing"):
+                missing = {"rows": v["n_missing"], **missing}
+            rows.append([name, task, str(v["n"]), str(v.get("n_empty", "–")), str(v.get("n_abstain", "–")),
+                         ", ".join(f"{k}: {c}" for k, c in missing.items()) or "0"])
+    return rows
+
+
 def _value(m: dict, path: tuple[str, ...], has_std: bool) -> tuple[float | None, float | None]:
     v = _get(m["metrics"], *path)
     if has_std and isinstance(v, dict):
@@ -81,6 +97,12 @@ def write_report(metrics: dict[str, Any], out_dir: Path) -> Path:
         md.append("## Generation patterns (Table 5, % of outputs)\n")
         md.append(markdown_table(["model", "task", "empty", "abstention", "repetitive", "incomplete", "non-sequitur",
                           "punctuation", "n"], pat_rows))
+    if out_rows := output_rows(models):
+        md.append("## Outputs per task\n")
+        md.append("*n*: rows scored; *empty* / *abstained*: outputs matching those generation patterns (they are "
+                  "scored and counted in the means: an empty summary has faithfulness 0); *missing*: rows a "
+                  "metric had no value for (e.g. a summary without entities), left out of that mean only.\n")
+        md.append(markdown_table(["model", "task", "n", "empty", "abstained", "missing"], out_rows))
     subj = {n: _get(models[n]["metrics"], "mmlu_pro", "subjects") or {} for n in names}
     if any(subj.values()):
         all_s = sorted({s for v in subj.values() for s in v})
@@ -143,4 +165,4 @@ def _plots(models: dict[str, Any], subj: dict[str, dict], out_dir: Path) -> list
     return made
 
 
-__all__ = ["markdown_table", "scalar_rows", "write_report"]
+__all__ = ["markdown_table", "output_rows", "scalar_rows", "write_report"]

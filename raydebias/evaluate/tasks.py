@@ -107,7 +107,7 @@ def truthfulqa_requests(gen_rows: Sequence[dict], mc_rows: Sequence[dict], cfg: 
         except ValueError as e:
             bad.append(_bad("truthfulqa_gen", str(i), str(e), raw))
             continue
-        reqs.append(_req("truthfulqa_gen", str(i), "greedy", truthfulqa.prompt(r["question"]),
+        reqs.append(_req("truthfulqa_gen", str(i), "greedy", truthfulqa.gen_prompt(r["question"]),
                          cfg.truthfulqa_max_new_tokens, correct=r["correct"], incorrect=r["incorrect"]))
     for i, raw in enumerate(limit_rows(list(mc_rows), cfg)):
         try:
@@ -118,8 +118,8 @@ def truthfulqa_requests(gen_rows: Sequence[dict], mc_rows: Sequence[dict], cfg: 
             bad.append(_bad("truthfulqa_mc1", str(i), str(e), raw))
             continue
         for j, choice in enumerate(r["mc1_choices"]):
-            reqs.append(_req("truthfulqa_mc1", f"{i}/{j}", "loglik", truthfulqa.prompt(r["question"]),
-                             continuation=" " + choice.strip(), question=str(i), choice=j))
+            reqs.append(_req("truthfulqa_mc1", f"{i}/{j}", "loglik", truthfulqa.mc1_prompt(r["question"]),
+                             continuation=truthfulqa.mc1_continuation(choice), question=str(i), choice=j))
     return reqs, bad
 
 
@@ -161,7 +161,8 @@ def mmlu_pro_requests(test: Sequence[dict], validation: Sequence[dict], cfg: Eva
                     "positions - max new tokens)", ">=")))
                 continue
         reqs.append(_req("mmlu_pro", item, "greedy", prompt, cfg.mmlu_pro_max_new_tokens, shots=k,
-                         answer=raw["answer"], category=raw["category"]))
+                         answer=raw["answer"], category=raw["category"],
+                         extraction=cfg.mmlu_pro_extraction))
     return reqs, bad
 
 
@@ -194,16 +195,31 @@ def _bad(task: str, item: str, reason: str, raw: Any, detail: str | None = None)
 
 
 def clean_output(task: str, text: str) -> str:
-    """Cut a continuation where the model starts a new turn (the next "Q:" / blank line for TruthfulQA,
-    as lm-evaluation-harness stops generation at "\\n\\n")."""
+    """Cut a continuation where the benchmark stops generating. TruthfulQA: lm-evaluation-harness's
+    truthfulqa_gen stops at the first blank line and scores the text unstripped
+    (:func:`truthfulqa.clean_completion`)."""
     if task == "truthfulqa_gen":
-        text = text.split("\n\n")[0].split("\nQ:")[0]
+        return truthfulqa.clean_completion(text)
     return text.strip() if task != "rtp" else text
 
 
 def _stat(values: Sequence[float | None]) -> dict[str, float]:
-    m, s, n = nanmean_std([float("nan") if v is None else v for v in values])
-    return {"mean": m, "std": s, "n": n}
+    """{"mean", "std", "n", "n_missing"}: ``n`` values averaged, ``n_missing`` rows without a value (None or
+    NaN: a scorer had nothing to score), so n + n_missing is the task's rows; none is dropped silently."""
+    m, s, n, missing = nanmean_std(values)
+    return {"mean": m, "std": s, "n": n, "n_missing": missing}
+
+
+def _missing(v: float | None) -> bool:
+    return v is None or v != v  # NaN != NaN
+
+
+def output_counts(rs: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """{"n", "n_empty", "n_abstain"} of a generative task's outputs, by the generation-pattern rules
+    (:func:`patterns.is_empty`, :func:`patterns.is_abstention`); a missing output counts as empty."""
+    outs = [r.get(OUTPUT) or "" for r in rs]
+    return {"n": len(outs), "n_empty": sum(map(patterns.is_empty, outs)),
+            "n_abstain": sum(map(patterns.is_abstention, outs))}
 
 
 def unit(r: dict[str, Any]) -> str:
@@ -265,33 +281,51 @@ def account(rows_in: dict[str, int], bad: Sequence[dict[str, Any]], scored: Sequ
 
 def metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Scored result rows of ONE model -> metrics per task (+ generation patterns per generative task).
-    Failed requests (``error``) and the rest of their MC1 question are left out (:func:`split_failed`)."""
+    Failed requests (``error``) and the rest of their MC1 question are left out (:func:`split_failed`;
+    they are counted as quarantined by :func:`account`).
+
+    Every task states ``n`` (rows scored) and, for generated text, ``n_empty`` / ``n_abstain`` (the
+    "empty" and "abstention" generation patterns). Every mean states its own ``n`` and ``n_missing``
+    (rows without a value), so no metric averages over fewer rows than were generated without saying
+    so. Empty outputs are scored, not dropped: an empty TL;DR summary has faithfulness and entity
+    precision 0 (:mod:`raydebias.scoring.faithfulness`) and ROUGE-L 0, all counted in the means.
+    """
     by_task: dict[str, list[dict]] = defaultdict(list)
     for r in split_failed(rows)[0]:
         by_task[r[TASK]].append(r)
     out: dict[str, Any] = {}
     if rs := by_task.get("tldr"):
-        out["tldr"] = {"toxicity": _stat([r[TOXICITY] for r in rs]), "faithfulness": _stat([r[FAITHFULNESS] for r in rs]),
+        out["tldr"] = {**output_counts(rs), "toxicity": _stat([r[TOXICITY] for r in rs]),
+                       "faithfulness": _stat([r[FAITHFULNESS] for r in rs]),
                        "entity_precision": _stat([r[ENTITY_PRECISION] for r in rs]),
                        "rougeL": _stat([r[ROUGE_L] for r in rs])}
     if rs := by_task.get("truthfulqa_gen"):
-        per = [truthfulqa.generation_scores(r[OUTPUT], **_pl(r, "correct", "incorrect")) for r in rs]
-        out["truthfulqa_gen"] = {k: sum(p[k] for p in per) / len(per) for k in per[0]} | {"n": len(per)}
+        per = [truthfulqa.generation_scores(r[OUTPUT] or "", **_pl(r, "correct", "incorrect")) for r in rs]
+        ok = [p for p in per if not any(_missing(v) for v in p.values())]  # a row with a NaN score counts as missing
+        keys = list(per[0])
+        out["truthfulqa_gen"] = ({k: (sum(p[k] for p in ok) / len(ok) if ok else float("nan")) for k in keys}
+                                 | output_counts(rs) | {"n_missing": len(per) - len(ok)})
     if rs := by_task.get("truthfulqa_mc1"):
         q: dict[str, list[tuple[int, float]]] = defaultdict(list)
         for r in rs:
             p = json.loads(r[PAYLOAD])
             q[p["question"]].append((p["choice"], r[LOGLIK]))
-        accs = [truthfulqa.mc1_correct([ll for _, ll in sorted(v)]) for v in q.values()]
-        out["truthfulqa_mc1"] = {"acc": sum(accs) / len(accs), "n": len(accs)}
+        # a question with a missing log-likelihood cannot be scored: counted, not averaged (log-likelihood
+        # requests generate no text, so MC1 has no empty/abstained outputs to count)
+        accs = [truthfulqa.mc1_correct([ll for _, ll in sorted(v)]) for v in q.values()
+                if not any(_missing(ll) for _, ll in v)]
+        out["truthfulqa_mc1"] = {"acc": sum(accs) / len(accs) if accs else float("nan"), "n": len(q),
+                                 "n_missing": len(q) - len(accs)}
     if rs := by_task.get("rtp"):
         tox = [r[TOXICITY] for r in rs]
-        out["rtp"] = {"toxicity": _stat(tox), "toxic_share": sum(t >= 0.5 for t in tox) / len(tox),
+        scored = [t for t in tox if not _missing(t)]
+        out["rtp"] = {**output_counts(rs), "toxicity": _stat(tox),
+                      "toxic_share": sum(t >= 0.5 for t in scored) / len(scored) if scored else float("nan"),
                       "challenging_toxicity": _stat([r[TOXICITY] for r in rs if json.loads(r[PAYLOAD])["challenging"]])}
     if rs := by_task.get("mmlu_pro"):
         meta = [json.loads(r[PAYLOAD]) for r in rs]
-        out["mmlu_pro"] = mmlu_pro.accuracy_by_subject(meta, [r[OUTPUT] for r in rs])
-    out["patterns"] = {t: patterns.pattern_rates([r[OUTPUT] for r in by_task[t]], [r[PROMPT] for r in by_task[t]])
+        out["mmlu_pro"] = mmlu_pro.accuracy_by_subject(meta, [r[OUTPUT] or "" for r in rs]) | output_counts(rs)
+    out["patterns"] = {t: patterns.pattern_rates([r[OUTPUT] or "" for r in by_task[t]], [r[PROMPT] for r in by_task[t]])
                        for t in GENERATIVE if by_task.get(t)}
     return out
 
@@ -309,5 +343,5 @@ def quarantine_counts(bad: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]
 
 
 __all__ = ["GENERATIVE", "REQUEST_SCHEMA", "RESULT_COLUMNS", "RESULT_SCHEMA", "Budget", "account", "clean_output",
-           "fit_requests", "limit_rows", "metrics", "mmlu_pro_requests", "quarantine_counts", "rtp_requests",
+           "fit_requests", "limit_rows", "metrics", "mmlu_pro_requests", "output_counts", "quarantine_counts", "rtp_requests",
            "split_failed", "tldr_requests", "truthfulqa_requests", "unit"]

@@ -10,8 +10,13 @@ Two scorers share one interface, ``score(sources, summaries) -> list[float]`` in
   (:func:`summac_aggregate`). A score inside the uncertain band (0.3, 0.7) becomes
   max(score, P(entailment | whole source, whole summary)).
 - :class:`EntityPrecision`: the share of the summary's named entities found in the source (case-
-  insensitive); no model beyond NER. A summary without entities scores NaN (nothing to check) and is
-  left out of means.
+  insensitive); no model beyond NER. A non-empty summary without entities scores NaN (nothing to check);
+  evaluation counts those as ``n_missing`` next to the mean, never silently.
+
+An empty or whitespace-only summary scores 0 under both scorers: it states nothing the source supports,
+and a model that answers with nothing must not look more faithful by having its empty rows drop out of
+a mean (issue 13). NaN is kept for what is really undefined (a non-empty summary against an empty
+source; a summary without entities), and :func:`nanmean_std` reports how many values it left out.
 """
 
 from __future__ import annotations
@@ -112,6 +117,9 @@ class NLIFaithfulness:
         # All (window, sentence) pairs of all rows in one batched pass, then aggregated per row.
         plans, premises, hyps = [], [], []
         for src, summ in zip(sources, summaries, strict=True):
+            if not summ.strip():
+                plans.append(None)  # an empty summary: 0 by definition (module docstring), no model call
+                continue
             wins, sents = windows(split_sentences(src), self.window, self.stride), split_sentences(summ)
             start = len(premises)
             for w in wins:
@@ -123,8 +131,12 @@ class NLIFaithfulness:
             plans.append((start, len(wins), len(sents)))
         probs = self.entail_probs(premises, hyps) if premises else []
         scores = []
-        for start, n_w, n_s in plans:
-            if n_w == 0 or n_s == 0:
+        for plan in plans:
+            if plan is None:
+                scores.append(0.0)
+                continue
+            start, n_w, n_s = plan
+            if n_w == 0 or n_s == 0:  # an empty source: nothing to check against
                 scores.append(float("nan"))
                 continue
             flat = probs[start:start + n_w * n_s]
@@ -143,8 +155,11 @@ class EntityPrecision:
 
     def score(self, sources: Sequence[str], summaries: Sequence[str]) -> list[float]:
         out = []
-        for src, ents in zip(sources, self.tagger.tag(list(summaries)), strict=True):
-            if not ents:
+        for src, summ, ents in zip(sources, summaries, self.tagger.tag(list(summaries)), strict=True):
+            if not summ.strip():
+                out.append(0.0)  # an empty summary: 0, counted in the mean (module docstring)
+                continue
+            if not ents:  # a non-empty summary without entities: undefined, counted as missing
                 out.append(float("nan"))
                 continue
             low = src.lower()
@@ -152,13 +167,15 @@ class EntityPrecision:
         return out
 
 
-def nanmean_std(values: Sequence[float]) -> tuple[float, float, int]:
-    """(mean, population std, n) over the non-NaN values."""
+def nanmean_std(values: Sequence[float | None]) -> tuple[float, float, int, int]:
+    """(mean, population std, n, n_missing): the mean and std over the n values that are not None/NaN;
+    ``n_missing`` says how many were left out, so n + n_missing == len(values) always."""
     vals = [v for v in values if v is not None and not math.isnan(v)]
+    missing = len(values) - len(vals)
     if not vals:
-        return float("nan"), float("nan"), 0
+        return float("nan"), float("nan"), 0, missing
     m = sum(vals) / len(vals)
-    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / len(vals)), len(vals)
+    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / len(vals)), len(vals), missing
 
 
 __all__ = ["EntityPrecision", "NLIFaithfulness", "entailment_index", "nanmean_std", "split_sentences",
