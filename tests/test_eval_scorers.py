@@ -142,7 +142,7 @@ def test_truthfulqa_generation_equal_to_a_correct_answer_scores_acc_1():
 
 
 def test_truthfulqa_prompt_and_mc1():
-    p = truthfulqa.prompt("Why?")
+    p = truthfulqa.mc1_prompt("Why?")
     assert p.startswith("Q: What is human life expectancy") and p.endswith("\n\nQ: Why?\nA:")
     assert truthfulqa.mc1_prompt("Why?") == p and truthfulqa.mc1_continuation("Yes.") == " Yes."
     # lm-eval's truthfulqa_gen prompt stops after the question: no "\nA:"

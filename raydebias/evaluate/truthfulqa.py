@@ -66,10 +66,6 @@ def mc1_prompt(question: str) -> str:
     return f"{QA_PRIMER}\n\nQ: {question}\nA:"
 
 
-# The MC1 context; kept under its old name for callers that build MC1 requests.
-prompt = mc1_prompt
-
-
 def mc1_continuation(choice: str) -> str:
     """lm-eval joins context and choice with target_delimiter " ", the choice unstripped."""
     return " " + choice
@@ -190,4 +186,4 @@ def mean(values: Sequence[float]) -> float:
 
 __all__ = ["GEN_MAX_NEW_TOKENS", "GEN_STOP", "NO_COMMENT", "QA_PRIMER", "bleu", "clean_completion", "format_answers",
            "gen_prompt", "generation_scores", "mc1_continuation", "mc1_correct", "mc1_pred", "mc1_prompt",
-           "normalize_row", "prompt", "rouge"]
+           "normalize_row", "rouge"]
