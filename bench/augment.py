@@ -46,12 +46,12 @@ def sequential(table: pa.Table, cfg) -> float:
     import torch
 
     from raydebias.augment.clean import Finalize, add_reference
-    from raydebias.augment.pipeline import stage_classes
+    from raydebias.augment.pipeline import stage_classes, stage_order
 
     torch.set_num_threads(1)
     classes = stage_classes()
     stages = [classes[s](cfg.augment, device="cpu", seed=cfg.seed)
-              for s in ("ner", *cfg.augment.ops, "ner_candidates", "toxicity")]
+              for s in stage_order(cfg.augment)]
     final = Finalize(cfg.augment)
     t0 = time.perf_counter()
     for i in range(table.num_rows):

@@ -1,9 +1,12 @@
 """The augmentation stage on Ray Data: the ONLY place that wires augmentation ops into actor pools.
 
     sources ─► reference ─► [ner] ─► [backtranslate] ─► [toxic_rewrite] ─► [low_confidence]
-            ─► [entity_swap] ─► [mask_fill] ─► [regenerate] ─► [ner: candidates] ─► [toxicity] ─► finalize
+            ─► [entity_swap] ─► [mask_fill] ─► [regenerate] ─► clean ─► [ner: candidates] ─► [toxicity]
+            ─► finalize
 
-Each bracket is a ``map_batches`` actor pool (model loaded once per actor) with its own CPU count,
+Cleaning (scaffolding strip, too short, duplicates) runs before the candidates are annotated and scored,
+so their entity spans and toxicity belong to the exact text that is stored (augment/clean.py). Each
+bracket is a ``map_batches`` actor pool (model loaded once per actor) with its own CPU count,
 GPU fraction, batch size and size from config; the pools stream into each other. Whether pools ask
 for GPUs comes from ``device`` (never from the cluster's current resources, ENV.md HANG 1) and pools
 that cannot start fail after ``ray.wait_for_min_actors_s`` instead of waiting forever.
@@ -32,7 +35,15 @@ import pyarrow as pa
 
 from raydebias import schema as S
 from raydebias.augment.candidates import DROPS
-from raydebias.augment.clean import AUGMENTED_SCHEMA, NEGATIVES, POSITIVES, TRAINABLE, Finalize, add_reference
+from raydebias.augment.clean import (
+    AUGMENTED_SCHEMA,
+    NEGATIVES,
+    POSITIVES,
+    TRAINABLE,
+    CleanCandidates,
+    Finalize,
+    add_reference,
+)
 from raydebias.config import AugmentConfig, Config, OpResources
 from raydebias.storage import StoragePath
 
@@ -55,9 +66,19 @@ def stage_classes() -> dict[str, type]:
     from raydebias.augment.regenerate import Regenerate
     from raydebias.augment.toxic_rewrite import ToxicRewrite
 
-    return {"ner": AnnotateEntities, "ner_candidates": AnnotateEntities, "toxicity": ScoreToxicity,
+    return {"clean": CleanCandidates, "ner": AnnotateEntities, "ner_candidates": AnnotateEntities, "toxicity": ScoreToxicity,
             "backtranslate": Backtranslate, "toxic_rewrite": ToxicRewrite, "low_confidence": LowConfidence,
             "entity_swap": EntitySwap, "mask_fill": MaskFill, "regenerate": Regenerate}
+
+
+def model_stages(cfg: AugmentConfig) -> tuple[str, ...]:
+    """The stages that load a model, in order: one actor pool each."""
+    return ("ner", *cfg.ops, "ner_candidates", "toxicity")
+
+
+def stage_order(cfg: AugmentConfig) -> tuple[str, ...]:
+    """Every stage between ``add_reference`` and ``Finalize``, in order (cleaning before scoring)."""
+    return ("ner", *cfg.ops, "clean", "ner_candidates", "toxicity")
 
 
 def stage_resources(cfg: AugmentConfig, stage: str) -> OpResources:
@@ -86,6 +107,10 @@ class StageActor:
         return self.fn(batch)
 
 
+def clean_batch(batch: pa.Table, cfg: AugmentConfig) -> pa.Table:
+    return CleanCandidates(cfg)(batch)
+
+
 def _actor_class(stage: str) -> type:
     # A named subclass so Ray Data's progress and stats say "MapBatches(mask_fill)", not "StageActor".
     return type(stage, (StageActor,), {})
@@ -100,7 +125,10 @@ def build(sources: Any, cfg: Config, use_gpu: bool, classes: dict[str, type] | N
 
     a = cfg.augment
     ds = sources.map_batches(add_reference, batch_format="pyarrow", num_cpus=0.1)
-    for stage in ("ner", *a.ops, "ner_candidates", "toxicity"):
+    for stage in stage_order(a):
+        if stage == "clean":  # no model: plain tasks
+            ds = ds.map_batches(clean_batch, batch_format="pyarrow", num_cpus=0.1, fn_kwargs={"cfg": a})
+            continue
         res = stage_resources(a, stage)
         gpus = res.num_gpus if use_gpu else 0.0
         ds = ds.map_batches(
@@ -308,7 +336,7 @@ def pool_start_error(cfg: Config, gpu: bool, e: BaseException) -> PoolStartError
         return None
     pools = ", ".join(f"{st}(num_cpus={stage_resources(cfg.augment, st).num_cpus:g}, num_gpus="
                       f"{stage_resources(cfg.augment, st).num_gpus if gpu else 0:g})"
-                      for st in ("ner", *cfg.augment.ops, "ner_candidates", "toxicity"))
+                      for st in model_stages(cfg.augment))
     return PoolStartError(
         f"an augmentation actor pool could not start within ray.wait_for_min_actors_s="
         f"{cfg.ray.wait_for_min_actors_s}s: the cluster cannot give it the resources it asks for "
@@ -348,5 +376,5 @@ def run_augment_stage(cfg: Config, out: Any) -> dict[str, Any]:
 
 
 __all__ = ["AUGMENTED_SCHEMA", "OP_NAMES", "AugmentRun", "augment_stream", "build", "count_batch", "finish_augment",
-           "finished_ids", "merge_counts", "pool_start_error", "prepare_augment", "run_augment_stage", "stage_classes",
+           "finished_ids", "merge_counts", "model_stages", "pool_start_error", "prepare_augment", "run_augment_stage", "stage_classes", "stage_order",
            "write_part"]

@@ -118,13 +118,13 @@ def _resources_note(cfg: Config, streamed: bool) -> None:
     """Warn when train workers + augmentation pools ask for more CPUs than the cluster has (HANG 2)."""
     import ray
 
-    from raydebias.augment.pipeline import stage_resources
+    from raydebias.augment.pipeline import model_stages, stage_resources
 
     t = cfg.train
     need = t.num_workers * t.cpus_per_worker
     if streamed:
         need += sum(stage_resources(cfg.augment, s).num_cpus * stage_resources(cfg.augment, s).actors
-                    for s in ("ner", *cfg.augment.ops, "ner_candidates", "toxicity"))
+                    for s in model_stages(cfg.augment))
     have = ray.cluster_resources().get("CPU", 0)
     if need > have:
         log.warning("train: workers%s ask for %.1f CPUs but the cluster has %.1f now: unless it autoscales, "
