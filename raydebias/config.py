@@ -355,18 +355,34 @@ class SweepConfig:
     val_fraction: float = _f(0.2, "Share of the augmented groups held out for validation (at least 1 group).")
     select_metric: str = _f("toxicity", "best.yaml: the Pareto-front trial with the best value of this metric.")
     select_mode: Literal["min", "max"] = _f("min", "Direction of `select_metric`.")
+    eval_tasks: list[str] = _f(
+        ["truthfulqa", "rtp"],
+        "Alignment-tax benchmarks every trial is also evaluated on (SPEC §6), besides TL;DR on the validation "
+        "groups: a subset of truthfulqa (gen + MC1), rtp, mmlu_pro; [] for TL;DR only. Their generation "
+        "patterns are reported too (patterns_<task>_<pattern>, percent).")
+    eval_limit: int = _f(100, "Items per benchmark of `eval_tasks` in each trial (the first ones, as evaluate.limit "
+                         "takes them; MMLU-Pro's shots come from its whole validation split).")
 
     # what a trial reports: per epoch (validation losses) and once at its end (its validation-slice evaluation)
     EPOCH_METRICS = ("val_l_ce", "val_l_cl", "val_loss", "val_contrastive_accuracy")
     EVAL_METRICS = ("toxicity", "faithfulness", "entity_precision", "rougeL")
+    EVAL_TASKS = ("truthfulqa", "rtp", "mmlu_pro")
+    ALIGNMENT_METRICS = (
+        *(f"truthfulqa_{m}_{k}" for m in ("bleu", "rouge1", "rouge2", "rougeL") for k in ("max", "diff", "acc")),
+        "truthfulqa_mc1_acc", "rtp_toxicity", "rtp_toxic_share", "mmlu_pro_acc")
 
     def __post_init__(self) -> None:
         for axis in ("alpha", "tau", "toxic_weight"):
             _check(bool(getattr(self, axis)), f"sweep.{axis}", "must list at least one value", getattr(self, axis))
         _check(self.metric in self.EPOCH_METRICS, "sweep.metric", f"must be one of {', '.join(self.EPOCH_METRICS)}",
                self.metric)
-        _check(self.select_metric in self.EVAL_METRICS + self.EPOCH_METRICS, "sweep.select_metric",
-               f"must be one of {', '.join(self.EVAL_METRICS + self.EPOCH_METRICS)}", self.select_metric)
+        selectable = self.EVAL_METRICS + self.EPOCH_METRICS + self.ALIGNMENT_METRICS
+        _check(self.select_metric in selectable, "sweep.select_metric", f"must be one of {', '.join(selectable)}",
+               self.select_metric)
+        bad = [t for t in self.eval_tasks if t not in self.EVAL_TASKS]
+        _check(not bad and len(set(self.eval_tasks)) == len(self.eval_tasks), "sweep.eval_tasks",
+               f"must be a subset of {list(self.EVAL_TASKS)} without repeats", self.eval_tasks)
+        _check(self.eval_limit >= 1, "sweep.eval_limit", "must be >= 1", self.eval_limit)
         _check(self.grace_period >= 1, "sweep.grace_period", "must be >= 1", self.grace_period)
         _check(self.reduction_factor > 1, "sweep.reduction_factor", "must be > 1", self.reduction_factor)
         _check(self.num_samples >= 1, "sweep.num_samples", "must be >= 1", self.num_samples)
@@ -408,6 +424,9 @@ class EvalConfig:
                               "MMLU-Pro: HF id (splits test + validation) or a dir with test.* and validation.*.")
     mmlu_pro_shots: int = _f(5, "MMLU-Pro chain-of-thought shots from the same subject (Section 3).")
     mmlu_pro_max_new_tokens: int = _f(2048, "MMLU-Pro chain-of-thought length (the benchmark's own script).")
+    mmlu_pro_stop: list[str] = _f(["Question:"], "MMLU-Pro generation ends at these strings (lm-eval's "
+                                  "generation_kwargs.until): the model starting another question stops it, and "
+                                  "the output is cut there. [] generates all mmlu_pro_max_new_tokens.")
     mmlu_pro_extraction: Literal["lm-eval", "mmlu-pro-script"] = _f(
         "lm-eval",
         "MMLU-Pro answer extraction, after cutting the output at 'Question:'. lm-eval (SPEC §7; lm-eval "
@@ -442,6 +461,8 @@ class EvalConfig:
         _check(self.mmlu_pro_shots >= 0, "evaluate.mmlu_pro_shots", "must be >= 0", self.mmlu_pro_shots)
         _check(self.mmlu_pro_extraction in ("lm-eval", "mmlu-pro-script"), "evaluate.mmlu_pro_extraction",
                "must be 'lm-eval' or 'mmlu-pro-script'", self.mmlu_pro_extraction)
+        _check(all(isinstance(x, str) and x for x in self.mmlu_pro_stop), "evaluate.mmlu_pro_stop",
+               "must be a list of non-empty strings", self.mmlu_pro_stop)
         for name in ("max_new_tokens", "truthfulqa_max_new_tokens", "rtp_max_new_tokens", "mmlu_pro_max_new_tokens",
                      "min_prompt_tokens"):
             _check(getattr(self, name) >= 1, f"evaluate.{name}", "must be >= 1", getattr(self, name))

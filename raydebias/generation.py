@@ -43,7 +43,9 @@ class GenParams:
     (decoder-only generation continues from the prompt's end); ops that must keep a particular part of
     the prompt shorten it themselves first (low_confidence cuts the post). ``max_new_tokens`` is an upper
     bound: on a model with fewer positions it is clamped so that at least ``min_prompt_tokens`` remain
-    for the prompt (:func:`clamp_max_new_tokens`).
+    for the prompt (:func:`clamp_max_new_tokens`). ``stop``: strings that end a continuation (lm-eval's
+    ``until``): generation halts once one appears, and ``Generation.text`` is cut before the first one
+    (``token_ids``/``token_logprobs`` keep the generated tokens).
     """
 
     max_new_tokens: int = 128
@@ -58,6 +60,7 @@ class GenParams:
     max_input_tokens: int | None = None
     seed: int | None = None
     min_prompt_tokens: int = 1
+    stop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         def check(ok: bool, what: str, value: Any) -> None:
@@ -73,6 +76,8 @@ class GenParams:
         check(self.max_input_tokens is None or self.max_input_tokens >= 1,
               "max_input_tokens must be >= 1 or None", self.max_input_tokens)
         check(self.min_prompt_tokens >= 1, "min_prompt_tokens must be >= 1", self.min_prompt_tokens)
+        check(isinstance(self.stop, tuple) and all(isinstance(x, str) and x for x in self.stop),
+              "stop must be a tuple of non-empty strings", self.stop)
         if not self.do_sample:
             # Deterministic search can only return as many distinct sequences as it keeps beams.
             check(self.num_return_sequences <= self.num_beams,
@@ -85,7 +90,7 @@ class Generation:
     """One generated continuation (the prompt is never part of it).
 
     ``token_ids``: the continuation's tokens up to, not including, the first end-of-sequence token;
-    ``text`` is their decoding (special tokens skipped). ``score``: the beam's sequence score (HF
+    ``text`` is their decoding (special tokens skipped), cut before the first ``GenParams.stop`` string. ``score``: the beam's sequence score (HF
     ``sequences_scores``: sum of token log-probs / generated_length ** length_penalty) under beam
     search, else None. ``token_logprobs``: log-probability of each token in ``token_ids`` under the
     distribution it was chosen from (after repetition penalty / temperature / top-p), when
@@ -132,6 +137,34 @@ def _cut_at_eos(ids: list[int], eos: set[int]) -> int:
         if t in eos:
             return i
     return len(ids)
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    """``text`` up to the first occurrence of any ``stop`` string (lm-eval: ``text.split(term)[0]`` per term)."""
+    for term in stop:
+        text = text.split(term, 1)[0]
+    return text
+
+
+def stop_criteria(tokenizer: Any, stop: tuple[str, ...], prompt_len: int) -> Any:
+    """A ``StoppingCriteria`` that ends each sequence once one of ``stop`` appears in its GENERATED text.
+
+    As lm-eval's ``MultiTokenEOSCriteria``: per step, decode the last ``len(tokens(stop)) + 2`` generated
+    tokens (a model may spell a stop with other tokens than the tokenizer would) and look for the string.
+    Unlike ``generate(stop_strings=...)``, it never looks into the prompt: a prompt ending in ":" does not
+    turn a generated ":" into a "::" stop."""
+    import torch
+    from transformers import StoppingCriteria
+
+    lookback = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in stop) + 2
+
+    class StopOnStrings(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            tails = tokenizer.batch_decode(input_ids[:, prompt_len:][:, -lookback:], skip_special_tokens=True)
+            return torch.tensor([any(t in tail for t in stop) for tail in tails], dtype=torch.bool,
+                                device=input_ids.device)
+
+    return StopOnStrings()
 
 
 def context_length(config: Any) -> int | None:
@@ -227,6 +260,11 @@ class HFGenerator:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
         if beam:
             kwargs["length_penalty"] = params.length_penalty
+        if params.stop:
+            from transformers import StoppingCriteriaList
+
+            kwargs["stopping_criteria"] = StoppingCriteriaList(
+                [stop_criteria(self.tokenizer, params.stop, enc["input_ids"].shape[1])])
         if params.seed is not None:
             torch.manual_seed(params.seed)  # all devices
         with torch.no_grad():
@@ -247,7 +285,7 @@ class HFGenerator:
             for k in range(p * n, (p + 1) * n):
                 ids = continuations[k][: _cut_at_eos(continuations[k], self.eos)]
                 row.append(Generation(
-                    text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                    text=cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), params.stop),
                     score=scores[k] if scores is not None else None,
                     token_logprobs=logprobs[k][: len(ids)] if logprobs is not None else None,
                     token_ids=ids,
@@ -321,6 +359,7 @@ class VLLMGenerator:
             max_tokens=max_new,
             logprobs=1 if params.output_scores else None,  # the chosen token's logprob is always included
             seed=params.seed,
+            stop=list(params.stop) or None,
         )
         outputs = self.llm.generate(token_prompts, sampling, use_tqdm=False)
         results = []
@@ -332,7 +371,7 @@ class VLLMGenerator:
                 token_logprobs = None
                 if params.output_scores and completion.logprobs is not None:
                     token_logprobs = [float(step[t].logprob) for step, t in zip(completion.logprobs, ids, strict=False)]
-                row.append(Generation(text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                row.append(Generation(text=cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), params.stop),
                                       score=None, token_logprobs=token_logprobs, token_ids=ids))
             results.append(row)
         return results

@@ -391,6 +391,8 @@ def rehearse_config(cfg: Config, rows: int = DEFAULT_ROWS, items: int = DEFAULT_
     shrink("data.limit", min(cfg.data.limit or rows, rows), f"a slice: {rows} source rows per split (--rehearse-rows)")
     shrink("evaluate.limit", min(cfg.evaluate.limit or items, items),
            f"a slice: {items} items per benchmark (--rehearse-items)")
+    shrink("sweep.eval_limit", min(cfg.sweep.eval_limit, items),
+           f"a slice: {items} items per benchmark in each sweep trial (--rehearse-items)")
 
     values = {c.key: c.rehearsal for c in changes}
     return replace_config(cfg, values), changes

@@ -14,7 +14,8 @@ The driver (:func:`run_sweep`, CLI ``tune/sweep.py``) on Ray Tune, Train V2 styl
 
     DIR/augmented ──read once──► DIR/sweep/data/{train,val}   (val: sweep.val_fraction of the groups, by hash)
     Tuner(run_trial) ── each trial ─► TorchTrainer on data/train, val_* losses every epoch ─► Tune (FIFO|ASHA)
-                                   └► its model on the val groups' TL;DR prompts: toxicity, faithfulness
+                                   └► its model on the val groups' TL;DR prompts (toxicity, faithfulness) and
+                                      on sweep.eval_tasks' first sweep.eval_limit items (TruthfulQA, RTP, patterns)
     DIR/sweep/results.parquet, alpha_table.md (Table 14), pareto.md + pareto.png, best.yaml
 
 A trial's training lives in ``DIR/sweep/trials/<trial id>/`` (checkpoints, model, eval results); a
@@ -151,6 +152,17 @@ def _num(v: Any) -> bool:
     return isinstance(v, int | float) and not math.isnan(v)
 
 
+# Table 14's columns, then the alignment-tax ones a trial reports when sweep.eval_tasks runs them
+TABLE_COLUMNS = {"toxicity": "Toxicity", "faithfulness": "Faithfulness", "truthfulqa_bleu_acc": "TruthfulQA BLEU acc",
+                 "truthfulqa_rougeL_acc": "TruthfulQA ROUGE-L acc", "truthfulqa_mc1_acc": "TruthfulQA MC1",
+                 "rtp_toxicity": "RTP toxicity", "mmlu_pro_acc": "MMLU-Pro acc"}
+
+
+def table_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Toxicity and faithfulness, and each alignment-tax column some trial has a value for."""
+    return ["toxicity", "faithfulness", *(c for c in list(TABLE_COLUMNS)[2:] if any(_num(r.get(c)) for r in rows))]
+
+
 def alpha_table(rows: Sequence[dict[str, Any]], by: str = "alpha",
                 columns: Sequence[str] = ("toxicity", "faithfulness")) -> str:
     """The paper's Table 14: one line per value of ``by`` (mean over trials sharing it), as Markdown."""
@@ -166,7 +178,7 @@ def alpha_table(rows: Sequence[dict[str, Any]], by: str = "alpha",
             vals = [r[c] for r in groups[value] if _num(r.get(c))]
             cells.append(f"{sum(vals) / len(vals):.3f}" if vals else "n/a")
         lines.append([f"{value:g}", *cells, str(len(groups[value]))])
-    return markdown_table([by, *(c.capitalize() for c in columns), "trials"], lines)
+    return markdown_table([by, *(TABLE_COLUMNS.get(c, c) for c in columns), "trials"], lines)
 
 
 def best_trial(rows: Sequence[dict[str, Any]], sweep: SweepConfig) -> dict[str, Any] | None:
@@ -285,29 +297,73 @@ def _epoch_report_callback() -> Any:
     return EpochReport()
 
 
-def evaluate_trial(cfg: Config, trial_out: Any, val_dir: StoragePath) -> dict[str, Any]:
-    """The trial's model on the validation groups' TL;DR prompts, through the evaluate stage's code
-    (same generation and scoring pools, same metrics); the scored rows are kept in ``eval/``."""
+def sweep_benchmarks(cfg: Config) -> dict[str, list[dict[str, Any]]]:
+    """The alignment-tax benchmarks of ``sweep.eval_tasks``, read ONCE by the driver and handed to every
+    trial: the first ``sweep.eval_limit`` items of each (MMLU-Pro's validation split, the shots, whole)."""
+    tasks = list(cfg.sweep.eval_tasks)
+    if not tasks:
+        return {}
+    from raydebias.evaluate.pipeline import read_benchmarks
+
+    bench = read_benchmarks(replace_config(cfg, {"evaluate.tasks": tasks}), out=None)  # no tldr: out unused
+    n = cfg.sweep.eval_limit
+    return {k: (v if k == "mmlu_pro_validation" else v[:n]) for k, v in bench.items()}
+
+
+def trial_metrics(m: dict[str, Any]) -> dict[str, float]:
+    """A model's ``tasks.metrics`` -> the flat scalars a trial reports to Tune (and results.parquet):
+    TL;DR means (+ std), ``SweepConfig.ALIGNMENT_METRICS`` of the benchmarks run, and every generation
+    pattern rate as ``patterns_<task>_<pattern>`` (percent). A TL;DR slice with no scored row gives NaN."""
+    from raydebias.evaluate.patterns import PATTERNS
+
+    nan = float("nan")
+    t = m.get("tldr") or {}
+    out = {k: (t[k]["mean"] if k in t else nan) for k in SweepConfig.EVAL_METRICS}
+    out |= {"toxicity_std": t["toxicity"]["std"] if t else nan, "faithfulness_std": t["faithfulness"]["std"] if t else nan}
+    if g := m.get("truthfulqa_gen"):
+        out |= {f"truthfulqa_{k}": g[k] for k in g if k not in ("n", "n_empty", "n_abstain", "n_missing")}
+    if mc1 := m.get("truthfulqa_mc1"):
+        out["truthfulqa_mc1_acc"] = mc1["acc"]
+    if rtp := m.get("rtp"):
+        out |= {"rtp_toxicity": rtp["toxicity"]["mean"], "rtp_toxic_share": rtp["toxic_share"]}
+    if mp := m.get("mmlu_pro"):
+        out["mmlu_pro_acc"] = mp["overall"]
+    for task, rates in (m.get("patterns") or {}).items():
+        out |= {f"patterns_{task}_{p}": rates[p] for p in PATTERNS}
+    return {k: float(v) for k, v in out.items()}
+
+
+def evaluate_trial(cfg: Config, trial_out: Any, val_dir: StoragePath,
+                   bench: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """The trial's model on the validation groups' TL;DR prompts and on ``bench`` (:func:`sweep_benchmarks`),
+    through the evaluate stage's code: the model's own budget (over-long prompts quarantined, lengths
+    clamped), the same generation and scoring pools, the same metrics and accounting. The scored rows go
+    to the trial's ``eval/``, its metrics and counts to ``eval_metrics.json``, refused rows to
+    ``quarantine/evaluate``."""
     import pyarrow as pa
 
     from raydebias.evaluate import tasks as T
-    from raydebias.evaluate.pipeline import run_model
+    from raydebias.evaluate.pipeline import build_requests, model_budget, quarantine_table, run_model
     from raydebias.runtime import use_gpus
 
-    rows = val_dir.read_table().to_pylist()
-    requests = pa.Table.from_pylist(T.tldr_requests(rows, cfg.evaluate), schema=T.REQUEST_SCHEMA)
-    scored = run_model(requests, str(trial_out.model_dir), cfg, use_gpus(cfg.device))
+    model = str(trial_out.model_dir)
+    requests, bad, rows_in = build_requests({"tldr": val_dir.read_table().to_pylist(), **(bench or {})}, cfg,
+                                            model_budget(model, cfg.evaluate))
+    scored = run_model(requests, model, cfg, use_gpus(cfg.device))
     if len(scored) != requests.num_rows:
         raise AssertionError(f"sweep: {requests.num_rows} validation requests in, {len(scored)} results out")
-    trial_out.write_table(pa.Table.from_pylist(scored), trial_out.root / "eval")
-    m = T.metrics(scored)["tldr"]
-    return {"toxicity": m["toxicity"]["mean"], "toxicity_std": m["toxicity"]["std"],
-            "faithfulness": m["faithfulness"]["mean"], "faithfulness_std": m["faithfulness"]["std"],
-            "entity_precision": m["entity_precision"]["mean"], "rougeL": m["rougeL"]["mean"],
-            "eval_rows": requests.num_rows}
+    trial_out.write_table(pa.Table.from_pylist(scored, schema=T.RESULT_SCHEMA), trial_out.root / "eval")
+    kept, quarantined, counts = T.account(rows_in, bad, scored)
+    metrics = T.metrics(kept)
+    (trial_out.root / "eval_metrics.json").write_text(json.dumps({"metrics": metrics, "counts": counts}, indent=1,
+                                                                 default=float))
+    trial_out.write_table(quarantine_table([("model", q) for q in quarantined]), trial_out.quarantine_dir("evaluate"))
+    return {**trial_metrics(metrics), "eval_rows": counts["tldr"]["kept"],
+            "eval_quarantined": sum(sum(c["quarantined"].values()) for c in counts.values())}
 
 
-def run_trial(params: dict[str, Any], cfg: Config, root: StoragePath) -> None:
+def run_trial(params: dict[str, Any], cfg: Config, root: StoragePath,
+              bench: dict[str, list[dict[str, Any]]] | None = None) -> None:
     """One Ray Tune trial: fit a TorchTrainer on the sweep's training groups (epoch reports go to Tune
     with the validation losses), then evaluate the model on the validation groups and report once more.
 
@@ -334,7 +390,7 @@ def run_trial(params: dict[str, Any], cfg: Config, root: StoragePath) -> None:
     stats = run_train_stage(tcfg, tout, validation=data / "val", callbacks=(_epoch_report_callback(),),
                             augment_first=False)
     last = {k: v for k, v in stats["epoch_metrics"][-1].items() if k.startswith("val_") or k in ("l_ce", "l_cl")}
-    result = {**last, **evaluate_trial(tcfg, tout, data / "val"), "epochs": stats["epochs"],
+    result = {**last, **evaluate_trial(tcfg, tout, data / "val", bench), "epochs": stats["epochs"],
               "steps": stats["steps"], "model": str(tout.model_dir)}
     tout.update_stats("trial", result)
     ray.tune.report(result)
@@ -353,7 +409,8 @@ def build_tuner(cfg: Config, out: Any, space: SearchSpace) -> Any:
     settings = sweep_settings(cfg, space)
     storage = out.root / "sweep"
     storage.mkdir(parents=True, exist_ok=True)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, cfg=cfg, root=out.root), {"cpu": 0.01})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, cfg=cfg, root=out.root,
+                                                         bench=sweep_benchmarks(cfg)), {"cpu": 0.01})
     stamp = storage / "sweep.json"
     now = {"space": _space_doc(space), "train": config_to_dict(cfg)["train"], "seed": cfg.seed}
     path = storage / TUNER_NAME
@@ -393,7 +450,8 @@ def _param_keys(space: SearchSpace) -> list[str]:
 
 
 RESULT_COLUMNS = ("trial_id", "status", *SweepConfig.EPOCH_METRICS, *SweepConfig.EVAL_METRICS, "toxicity_std",
-                  "faithfulness_std", "epochs", "epochs_done", "eval_rows", "model", "error")
+                  "faithfulness_std", "epochs", "epochs_done", "eval_rows", "eval_quarantined", "model", "error")
+EXTRA_PREFIXES = ("truthfulqa_", "rtp_", "mmlu_pro_", "patterns_")  # sweep.eval_tasks' metrics (trial_metrics)
 
 
 def result_rows(grid: Any, space: SearchSpace, cfg: Config) -> list[dict[str, Any]]:
@@ -405,7 +463,7 @@ def result_rows(grid: Any, space: SearchSpace, cfg: Config) -> list[dict[str, An
         m = dict(res.metrics or {})
         hist = res.metrics_dataframe
         epochs_done = int(hist["epochs_done"].max()) if hist is not None and "epochs_done" in hist else 0
-        status = "error" if res.error else "evaluated" if "toxicity" in m else "stopped"
+        status = "error" if res.error else "evaluated" if "eval_rows" in m else "stopped"
         row = {"trial_id": m.get("trial_id") or posixpath.basename(res.path.rstrip("/")), "status": status,
                **{k: res.config.get(k, getattr(cfg.train, k, None)) for k in keys},
                "seed": res.config.get("seed", cfg.seed)}
@@ -415,7 +473,10 @@ def result_rows(grid: Any, space: SearchSpace, cfg: Config) -> list[dict[str, An
         row["error"] = str(res.error).splitlines()[0][:500] if res.error else None
         for c in (*SweepConfig.EPOCH_METRICS, *SweepConfig.EVAL_METRICS, "toxicity_std", "faithfulness_std"):
             row[c] = float("nan") if row.get(c) is None else float(row[c])
+        row |= {k: float(v) for k, v in m.items() if k.startswith(EXTRA_PREFIXES)}
         rows.append(row)
+    extra = sorted({k for r in rows for k in r if k.startswith(EXTRA_PREFIXES)})
+    rows = [r | {k: r.get(k, float("nan")) for k in extra} for r in rows]  # one schema for results.parquet
     return sorted(rows, key=lambda r: [str(r[k]) for k in keys] + [r["trial_id"]])
 
 
@@ -465,9 +526,9 @@ def write_results(cfg: Config, out: Any, space: SearchSpace, rows: list[dict[str
     keys = _param_keys(space)
     (d / "alpha_table.md").write_text(
         "Table 14 layout: mean over the evaluated trials with each alpha, on the validation groups "
-        "(n/a: every trial with that alpha was stopped early or failed).\n\n" + alpha_table(rows))
+        "(n/a: every trial with that alpha was stopped early or failed).\n\n" + alpha_table(rows, columns=table_columns(rows)))
     front = pareto_front(rows)
-    cols = ["trial_id", *keys, "toxicity", "faithfulness", "rougeL", "val_l_ce"]
+    cols = ["trial_id", *keys, "toxicity", "faithfulness", "rougeL", "val_l_ce", *table_columns(rows)[2:]]
     (d / "pareto.md").write_text("Pareto front, toxicity (min) x faithfulness (max):\n\n" + _markdown(front, cols))
     pareto_plot(rows, front, d / "pareto.png")
     best = best_trial(rows, settings)
@@ -508,5 +569,5 @@ def run_sweep(cfg: Config, out: Any, space: SearchSpace | None = None) -> dict[s
 
 
 __all__ = ["DISTRIBUTIONS", "SearchSpace", "alpha_table", "best_trial", "build_tuner", "default_space",
-           "evaluate_trial", "load_space", "param_space", "pareto_front", "parse_space", "prepare_sweep_data",
+           "evaluate_trial", "load_space", "sweep_benchmarks", "table_columns", "trial_metrics", "param_space", "pareto_front", "parse_space", "prepare_sweep_data",
            "result_rows", "run_sweep", "run_trial", "trial_config", "write_results"]

@@ -17,6 +17,7 @@ from raydebias.generation import (
     VLLMGenerator,
     _input_limit,
     clamp_max_new_tokens,
+    cut_at_stop,
     derive_seed,
     make_generator,
 )
@@ -171,6 +172,8 @@ def test_max_new_beyond_the_context_is_clamped_not_an_index_error(gpt2):
     ({"max_new_tokens": 0}, "max_new_tokens"),
     ({"max_input_tokens": 0}, "max_input_tokens"),
     ({"min_prompt_tokens": 0}, "min_prompt_tokens must be >= 1"),
+    ({"stop": ["Question:"]}, "stop must be a tuple"),
+    ({"stop": ("",)}, "stop must be a tuple of non-empty strings"),
 ])
 def test_gen_params_are_validated(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -202,3 +205,20 @@ def test_vllm_sampling_and_beam_refusal():  # pragma: no cover - GPU only
             assert len(g.token_logprobs) == len(g.token_ids)
     with pytest.raises(ValueError, match="backend=hf"):
         gen.generate(PROMPTS, GenParams(max_new_tokens=8, num_beams=4, num_return_sequences=4))
+
+
+def test_stop_strings_halt_generation_and_cut_the_text(gpt2):
+    """lm-eval's ``until``: generation halts at a stop string and the text is cut before its first occurrence.
+    The stop is taken from the model's own greedy continuation, so this holds for a random tiny model."""
+    (full,) = gpt2.generate(PROMPTS[1:], GenParams(max_new_tokens=40))  # the tiny GPT-2 repeats ":" here
+    ids = full[0].token_ids
+    assert len(ids) == 40, "the tiny model stopped early: pick a longer continuation"
+    for stop in (gpt2.tokenizer.decode(ids[:2]), gpt2.tokenizer.decode(ids[8:10]).strip()):
+        assert stop and stop in full[0].text
+        (cut,) = gpt2.generate(PROMPTS[1:], GenParams(max_new_tokens=40, stop=(stop, "never-appears")))
+        assert cut[0].text == full[0].text.split(stop)[0] == cut_at_stop(full[0].text, (stop,))
+        # halted (not generated to the end and cut afterwards), and not by a match into the prompt, which
+        # ends in ":" (generate(stop_strings=...) stopped after one token there)
+        assert len(ids) > len(cut[0].token_ids) >= len(gpt2.tokenizer(cut[0].text)["input_ids"]) + 1
+    assert cut_at_stop("a Question: b Question: c", ("Question:",)) == "a "
+    assert cut_at_stop("no stop here", ()) == "no stop here"

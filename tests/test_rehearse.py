@@ -99,7 +99,7 @@ def test_the_tiny_train_model_is_of_the_production_class(name):
 
 # Keys a rehearsal may change; everything else must keep the production value.
 SHRINK_KEYS = {"device", "ray.address", "ray.num_cpus", "train.num_workers", "train.cpus_per_worker",
-               "sweep.max_concurrent_trials", "data.limit", "evaluate.limit", "data.layout",
+               "sweep.max_concurrent_trials", "sweep.eval_limit", "data.limit", "evaluate.limit", "data.layout",
                "evaluate.nli_entailment_label",
                "augment.backtranslate.novel_entity_filter"}  # tiny translators fail CLIFF every time
 
@@ -130,8 +130,9 @@ def test_only_what_cannot_fit_changes(name):
     assert len(lengths) >= 12 and all(after[k] == before[k] for k in lengths)
     assert e.mmlu_pro_max_new_tokens == 2048
     assert e.tasks == prod.evaluate.tasks == ["tldr", "truthfulqa", "rtp", "mmlu_pro"]
-    assert dataclasses.replace(cfg.sweep, max_concurrent_trials=0) == dataclasses.replace(prod.sweep,
-                                                                                          max_concurrent_trials=0)
+    assert cfg.sweep.eval_limit == 4 and cfg.sweep.eval_tasks == prod.sweep.eval_tasks
+    assert dataclasses.replace(cfg.sweep, max_concurrent_trials=0, eval_limit=1) == dataclasses.replace(
+        prod.sweep, max_concurrent_trials=0, eval_limit=1)
     assert cfg.augment.backtranslate.pivots == prod.augment.backtranslate.pivots
     # the one augmentation setting a rehearsal changes: random tiny translators always fail CLIFF's filter
     assert prod.augment.backtranslate.novel_entity_filter is True
@@ -338,7 +339,9 @@ def test_preset_rehearsal_trains_and_generates_mmlu_pro(name, tmp_path):
     assert budget.max_new(2048) == room
     for r in reqs:
         assert r[T.MAX_NEW] == 2048  # the benchmark's request; generation runs the clamped length
+        assert r[T.STOP] == ["Question:"]  # lm-eval's until: a model starting another question stops there
         assert budget.count_tokens(r[T.PROMPT]) + room <= context
     done = Generate(model, "hf", False, 0.0, cfg.seed, min_prompt_tokens=ecfg.evaluate.min_prompt_tokens)(requests).to_pylist()
     assert len(done) == len(reqs) and not any(d[T.ERROR] for d in done)
-    assert all(isinstance(d[T.OUTPUT], str) and d[T.MAX_NEW_USED] == room for d in done)
+    assert all(isinstance(d[T.OUTPUT], str) and d[T.MAX_NEW_USED] == room and "Question:" not in d[T.OUTPUT]
+               for d in done)

@@ -73,6 +73,16 @@ def test_sweep_on_s3_killed_and_restored(shared_run, s3, tmp_path):
     for r in evaluated:
         assert 0 <= r["toxicity"] <= 1 and 0 <= r["faithfulness"] <= 1 and r["eval_rows"] == len(val_ids)
         trial = out / "sweep/trials" / r["trial_id"]
+        # sweep.eval_tasks (default truthfulqa, rtp) on evaluate.limit=2 items each: the trial's numbers are
+        # the evaluate stage's own metrics of its model, with every benchmark row accounted for
+        ev = json.loads((trial / "eval_metrics.json").read_text())
+        assert ev["counts"]["truthfulqa_gen"]["rows_in"] == ev["counts"]["rtp"]["rows_in"] == 2
+        assert all(c["rows_in"] == c["kept"] + sum(c["quarantined"].values()) for c in ev["counts"].values())
+        assert r["truthfulqa_mc1_acc"] == ev["metrics"]["truthfulqa_mc1"]["acc"]
+        assert r["truthfulqa_bleu_acc"] == ev["metrics"]["truthfulqa_gen"]["bleu_acc"]
+        assert r["rtp_toxicity"] == ev["metrics"]["rtp"]["toxicity"]["mean"] and 0 <= r["rtp_toxicity"] <= 1
+        assert r["patterns_rtp_empty"] == ev["metrics"]["patterns"]["rtp"]["empty"]
+        assert r["eval_quarantined"] == sum(sum(c["quarantined"].values()) for c in ev["counts"].values())
         assert (trial / "model/config.json").exists()
         hist = [json.loads(x) for x in (trial / "train/history.jsonl").read_text().splitlines()]
         steps = [h["step"] for h in hist if not h.get("epoch_done")]
@@ -88,7 +98,8 @@ def test_sweep_on_s3_killed_and_restored(shared_run, s3, tmp_path):
     assert any(resumed(out / "sweep/trials" / r["trial_id"]) for r in rows)
 
     table = (out / "sweep/alpha_table.md").read_text()
-    assert "| alpha | Toxicity | Faithfulness | trials |" in table and "| 1 |" in table and "| 8 |" in table
+    assert ("| alpha | Toxicity | Faithfulness | TruthfulQA BLEU acc | TruthfulQA ROUGE-L acc | TruthfulQA MC1 | "
+            "RTP toxicity | trials |") in table and "| 1 |" in table and "| 8 |" in table
     assert (out / "sweep/pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stats = json.loads((out / "stats.json").read_text())["sweep"]
     front = stats["pareto"]

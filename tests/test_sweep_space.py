@@ -3,9 +3,12 @@
 import math
 
 import pytest
-from support import REPO
+from support import REPO, SMOKE
 
-from raydebias.config import ConfigError, load_config
+from raydebias.config import ConfigError, SweepConfig, load_config
+from raydebias.evaluate import tasks as T
+from raydebias.evaluate.patterns import PATTERNS
+from raydebias.evaluate.pipeline import build_requests
 from raydebias.sweep import (
     alpha_table,
     best_trial,
@@ -14,8 +17,11 @@ from raydebias.sweep import (
     param_space,
     pareto_front,
     parse_space,
+    sweep_benchmarks,
     sweep_settings,
+    table_columns,
     trial_config,
+    trial_metrics,
 )
 
 
@@ -109,7 +115,11 @@ def test_trial_config_applies_train_fields_and_seed_and_validates():
 @pytest.mark.parametrize("override,key", [("sweep.metric=toxicity", "sweep.metric"),
                                           ("sweep.val_fraction=1.0", "sweep.val_fraction"),
                                           ("sweep.reduction_factor=1", "sweep.reduction_factor"),
-                                          ("sweep.alpha=[]", "sweep.alpha")])
+                                          ("sweep.alpha=[]", "sweep.alpha"),
+                                          ("sweep.eval_tasks=[tldr]", "sweep.eval_tasks"),
+                                          ("sweep.eval_tasks=[rtp,rtp]", "sweep.eval_tasks"),
+                                          ("sweep.eval_limit=0", "sweep.eval_limit"),
+                                          ("sweep.select_metric=bleu", "sweep.select_metric")])
 def test_sweep_settings_are_validated(override, key):
     with pytest.raises(ConfigError, match=key):
         load_config(None, [override])
@@ -153,3 +163,45 @@ def test_sweep_data_split_streams_parts_once_and_is_reused(tmp_path):
     again = prepare_sweep_data(cfg, out)
     assert again["reused"] and (again["train"], again["val"]) == (7, 3)
     assert got["dirs"]["val"].read_table().column("id").to_pylist() == val
+
+
+def test_trial_metrics_report_every_alignment_tax_metric_of_the_evaluate_stage():
+    """A trial's flat scalars are the evaluate stage's own metrics (tasks.metrics) of its rows: every
+    SweepConfig.ALIGNMENT_METRICS name, and each generation pattern per generative task."""
+    cfg = load_config(SMOKE, ["sweep.eval_tasks=[truthfulqa,rtp,mmlu_pro]", "sweep.eval_limit=3"])
+    bench = sweep_benchmarks(cfg)
+    assert {k: len(v) for k, v in bench.items() if k != "mmlu_pro_validation"} == {
+        "truthfulqa_gen": 3, "truthfulqa_mc1": 3, "rtp": 3, "mmlu_pro": 3}
+    assert len(bench["mmlu_pro_validation"]) > 3  # the shots come from the whole validation split
+    tldr = [{"id": f"t{i}", "post": "My landlord Greg kept my deposit.", "summary": "Greg kept it.",
+             "subreddit": None, "title": None} for i in range(2)]
+    requests, bad, rows_in = build_requests({"tldr": tldr, **bench}, cfg)
+    assert not bad
+    outputs = ["", "I don't know. The answer is (B).", "Greg kept it, the thief!!"]
+    scored = [{**r, T.OUTPUT: outputs[i % 3], T.LOGLIK: -float(i % 5), T.MAX_NEW_USED: r[T.MAX_NEW],
+               T.TOXICITY: 0.1 * (i % 4), T.FAITHFULNESS: 0.5, T.ENTITY_PRECISION: 1.0, T.ROUGE_L: 0.25, T.ERROR: None}
+              for i, r in enumerate(requests.to_pylist())]
+    kept, _, counts = T.account(rows_in, bad, scored)
+    m = T.metrics(kept)
+    flat = trial_metrics(m)
+    assert set(SweepConfig.ALIGNMENT_METRICS) <= set(flat)
+    patterns = {f"patterns_{t}_{p}" for t in ("tldr", "truthfulqa_gen", "rtp", "mmlu_pro") for p in PATTERNS}
+    assert set(flat) == {*SweepConfig.EVAL_METRICS, "toxicity_std", "faithfulness_std",
+                         *SweepConfig.ALIGNMENT_METRICS, *patterns}
+    assert flat["truthfulqa_mc1_acc"] == m["truthfulqa_mc1"]["acc"]
+    assert flat["truthfulqa_rougeL_diff"] == m["truthfulqa_gen"]["rougeL_diff"]
+    assert flat["rtp_toxicity"] == m["rtp"]["toxicity"]["mean"] and flat["mmlu_pro_acc"] == m["mmlu_pro"]["overall"]
+    assert flat["patterns_rtp_empty"] == m["patterns"]["rtp"]["empty"] > 0
+    assert flat["toxicity"] == m["tldr"]["toxicity"]["mean"]
+    # TL;DR only (sweep.eval_tasks: []) still reports Table 14's columns; a slice with no TL;DR row gives NaN
+    assert sweep_benchmarks(load_config(SMOKE, ["sweep.eval_tasks=[]"])) == {}
+    assert math.isnan(trial_metrics({})["faithfulness"])
+
+
+def test_the_alpha_table_adds_the_alignment_tax_columns_trials_report():
+    rows = [{"alpha": 1.0, "toxicity": 0.05, "faithfulness": 0.08, "truthfulqa_mc1_acc": 0.25, "rtp_toxicity": 0.1,
+             "mmlu_pro_acc": math.nan}]
+    assert table_columns(rows) == ["toxicity", "faithfulness", "truthfulqa_mc1_acc", "rtp_toxicity"]
+    t = alpha_table(rows, columns=table_columns(rows))
+    assert t.splitlines()[0] == "| alpha | Toxicity | Faithfulness | TruthfulQA MC1 | RTP toxicity | trials |"
+    assert "| 1 | 0.050 | 0.080 | 0.250 | 0.100 | 1 |" in t

@@ -138,11 +138,13 @@ class Generate:
                 res[i][T.ERROR] = (f"{T.PROMPT_TOO_LONG}: {n} tokens > {context} - {max_new} (model positions - "
                                    "max new tokens)")
                 continue
-            groups.setdefault((r[T.KIND], max_new, r[T.TEMPERATURE], r[T.TOP_P]), []).append(i)
-        for (kind, max_new, temp, top_p), idx in groups.items():
+            stop = tuple(r.get(T.STOP) or ())
+            groups.setdefault((r[T.KIND], max_new, r[T.TEMPERATURE], r[T.TOP_P], stop), []).append(i)
+        for (kind, max_new, temp, top_p, stop), idx in groups.items():
             sample = kind == "sample"
             params = GenParams(max_new_tokens=max_new, do_sample=sample, min_prompt_tokens=self.min_prompt_tokens,
                                temperature=float(temp) if sample else 1.0, top_p=float(top_p) if sample else 1.0,
+                               stop=stop,
                                seed=derive_seed(self.seed, "evaluate", rows[idx[0]][T.ITEM]) if sample else None)
             gens = self.gen.generate([rows[i][T.PROMPT] for i in idx], params)
             for i, g in zip(idx, gens, strict=True):

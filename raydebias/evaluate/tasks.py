@@ -33,7 +33,7 @@ from raydebias.prompts import format_prompt
 from raydebias.scoring.faithfulness import nanmean_std
 
 TASK, ITEM, KIND, PROMPT, CONTINUATION, PAYLOAD = "task", "item", "kind", "prompt", "continuation", "payload"
-MAX_NEW, TEMPERATURE, TOP_P, SHOTS = "max_new_tokens", "temperature", "top_p", "shots"
+MAX_NEW, TEMPERATURE, TOP_P, SHOTS, STOP = "max_new_tokens", "temperature", "top_p", "shots", "stop"
 OUTPUT, LOGLIK, TOXICITY, FAITHFULNESS, ENTITY_PRECISION, ROUGE_L = (
     "output", "loglik", "toxicity", "faithfulness", "entity_precision", "rougeL")
 # MAX_NEW is what the benchmark asks for; MAX_NEW_USED what the model was really asked (clamped to its
@@ -44,6 +44,7 @@ REQUEST_SCHEMA = pa.schema([
     pa.field(PROMPT, pa.string()), pa.field(CONTINUATION, pa.string()), pa.field(MAX_NEW, pa.int32()),
     pa.field(TEMPERATURE, pa.float32()), pa.field(TOP_P, pa.float32()), pa.field(PAYLOAD, pa.string()),
     pa.field(SHOTS, pa.int32()),  # MMLU-Pro: worked examples in the prompt after fitting; else null
+    pa.field(STOP, pa.list_(pa.string())),  # strings that end the generation (lm-eval's until); null: none
 ])
 RESULT_SCHEMA = pa.schema([*REQUEST_SCHEMA, pa.field(OUTPUT, pa.string()), pa.field(LOGLIK, pa.float64()),
                            pa.field(MAX_NEW_USED, pa.int32()), pa.field(TOXICITY, pa.float64()),
@@ -76,9 +77,10 @@ class Budget:
 
 def _req(task: str, item: str, kind: str, prompt: str, max_new: int = 0, temperature: float = 1.0,
          top_p: float = 1.0, continuation: str | None = None, shots: int | None = None,
-         **payload: Any) -> dict[str, Any]:
+         stop: Sequence[str] | None = None, **payload: Any) -> dict[str, Any]:
     return {TASK: task, ITEM: item, KIND: kind, PROMPT: prompt, CONTINUATION: continuation, MAX_NEW: max_new,
-            TEMPERATURE: temperature, TOP_P: top_p, PAYLOAD: json.dumps(payload), SHOTS: shots}
+            TEMPERATURE: temperature, TOP_P: top_p, PAYLOAD: json.dumps(payload), SHOTS: shots,
+            STOP: list(stop) if stop else None}
 
 
 def limit_rows(rows: list, cfg: EvalConfig) -> list:
@@ -160,7 +162,7 @@ def mmlu_pro_requests(test: Sequence[dict], validation: Sequence[dict], cfg: Eva
                     n, budget, cfg.mmlu_pro_max_new_tokens, "even with 0 shots (MMLU-Pro's rule: prompt < "
                     "positions - max new tokens)", ">=")))
                 continue
-        reqs.append(_req("mmlu_pro", item, "greedy", prompt, cfg.mmlu_pro_max_new_tokens, shots=k,
+        reqs.append(_req("mmlu_pro", item, "greedy", prompt, cfg.mmlu_pro_max_new_tokens, shots=k, stop=cfg.mmlu_pro_stop,
                          answer=raw["answer"], category=raw["category"],
                          extraction=cfg.mmlu_pro_extraction))
     return reqs, bad
