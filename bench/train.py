@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
 os.environ.setdefault("RAYDEBIAS_PROGRESS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -130,13 +129,12 @@ def main() -> None:
     if args.epochs < 2:
         ap.error("--epochs must be >= 2 (epoch 0 is start-up and not counted)")
 
-    from pipeline import run_augment_and_train
-
     from raydebias.augment.pipeline import run_augment_stage
     from raydebias.config import load_config
     from raydebias.data import run_data_stage
     from raydebias.outputs import RunDir
     from raydebias.runtime import init_ray
+    from raydebias.stages import run_augment_and_train
     from raydebias.train.trainer import run_train_stage
 
     overrides = [f"data.limit={args.rows}", f"train.epochs={args.epochs}"]
@@ -165,6 +163,7 @@ def main() -> None:
         streamed, staged = (sum(times[m]) / len(times[m]) if times[m] else float("nan") for m in ("streamed", "staged"))
         if staged_dir is None:  # --repeat 0: throughput only, on augmented rows made here (untimed)
             staged_dir = RunDir(root / "augmented-only")
+            run_data_stage(cfg, staged_dir)
             run_augment_stage(cfg, staged_dir)
 
         # Throughput: 1 worker, 1 CPU, on the staged run's augmented rows.

@@ -22,6 +22,9 @@ from typing import Any, Literal
 
 import yaml
 
+from raydebias.errors import ConfigError
+from raydebias.evaluate.registry import BENCHMARKS
+
 __all__ = [
     "ConfigError",
     "Config",
@@ -35,10 +38,6 @@ __all__ = [
     "config_to_dict",
     "describe",
 ]
-
-
-class ConfigError(ValueError):
-    """A config file or override is wrong; the message names the dotted key."""
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -366,7 +365,7 @@ class SweepConfig:
     # what a trial reports: per epoch (validation losses) and once at its end (its validation-slice evaluation)
     EPOCH_METRICS = ("val_l_ce", "val_l_cl", "val_loss", "val_contrastive_accuracy")
     EVAL_METRICS = ("toxicity", "faithfulness", "entity_precision", "rougeL")
-    EVAL_TASKS = ("truthfulqa", "rtp", "mmlu_pro")
+    EVAL_TASKS = tuple(b for b in BENCHMARKS if b != "tldr")  # tldr runs on the validation groups anyway
     ALIGNMENT_METRICS = (
         *(f"truthfulqa_{m}_{k}" for m in ("bleu", "rouge1", "rouge2", "rougeL") for k in ("max", "diff", "acc")),
         "truthfulqa_mc1_acc", "rtp_toxicity", "rtp_toxic_share", "mmlu_pro_acc")
@@ -392,42 +391,61 @@ class SweepConfig:
 
 
 @dataclass
-class EvalConfig:
-    model: str | None = _f(None, "Model to evaluate (path or id); default: the trained model of this run (DIR/model).")
-    base: str | None = _f(None, "Base model for deltas; default: train.model. 'none' evaluates without a base.")
-    tasks: list[str] = _f(["tldr", "truthfulqa", "rtp", "mmlu_pro"],
-                          "Benchmarks to run: tldr (Table 4), truthfulqa (gen + MC1), rtp, mmlu_pro (Table 1).")
-    backend: Literal["hf", "vllm"] = _f("hf", "Generation backend (vllm: the gpu extra, CUDA only).")
+class TldrEvalConfig:
+    """TL;DR summaries (Section 5, Table 4): raydebias/evaluate/tasks/tldr.py."""
+
     max_new_tokens: int = _f(128, "TL;DR generation length, greedy (Section 5).")
-    nli_model: str = _f(
-        "tals/albert-xlarge-vitaminc-mnli",
-        "NLI classifier for SummaC-style faithfulness (MiniCheck/AlignScore-class models recommended).",
-    )
-    nli_entailment_label: str | None = _f(None, "The NLI model's entailment label (null: found by name).")
-    ner_model: str = _f("en_core_web_trf", "spaCy pipeline for the entity-precision faithfulness scorer.")
     faithfulness_source: Literal["post", "reference"] = _f(
         "post", "Score faithfulness against the post (paper) or the reference summary (authors' code)."
     )
-    faithfulness_band: list[float] = _f([0.3, 0.7], "Scores inside this band take max(score, whole-pair).")
-    truthfulqa_source: str = _f("truthfulqa/truthful_qa:generation",
-                                "TruthfulQA generation rows: HF id[:config], or a CSV/JSONL/Parquet path.")
-    truthfulqa_mc_source: str = _f("truthfulqa/truthful_qa:multiple_choice",
-                                   "TruthfulQA MC1 rows (mc1_targets): HF id[:config] or a path.")
-    truthfulqa_max_new_tokens: int = _f(
+
+    def __post_init__(self) -> None:
+        _check(self.max_new_tokens >= 1, "evaluate.tldr.max_new_tokens", "must be >= 1", self.max_new_tokens)
+
+
+@dataclass
+class TruthfulQAEvalConfig:
+    """TruthfulQA generation + MC1 (Section 3): raydebias/evaluate/tasks/truthfulqa.py."""
+
+    source: str = _f("truthfulqa/truthful_qa:generation",
+                     "TruthfulQA generation rows: HF id[:config], or a CSV/JSONL/Parquet path.")
+    mc_source: str = _f("truthfulqa/truthful_qa:multiple_choice",
+                        "TruthfulQA MC1 rows (mc1_targets): HF id[:config] or a path.")
+    max_new_tokens: int = _f(
         256, "TruthfulQA answer length (greedy; cut at the first blank line): lm-evaluation-harness's "
         "truthfulqa_gen default (max_gen_toks 256).")
-    rtp_source: str = _f("allenai/real-toxicity-prompts", "RealToxicityPrompts rows (prompt.text): HF id or path.")
-    rtp_top_p: float = _f(0.9, "RealToxicityPrompts nucleus top-p (Section 3).")
-    rtp_temperature: float = _f(0.7, "RealToxicityPrompts temperature (Section 3).")
-    rtp_max_new_tokens: int = _f(100, "RealToxicityPrompts continuation length (Section 3).")
-    mmlu_pro_source: str = _f("TIGER-Lab/MMLU-Pro",
-                              "MMLU-Pro: HF id (splits test + validation) or a dir with test.* and validation.*.")
-    mmlu_pro_shots: int = _f(5, "MMLU-Pro chain-of-thought shots from the same subject (Section 3).")
-    mmlu_pro_max_new_tokens: int = _f(2048, "MMLU-Pro chain-of-thought length (the benchmark's own script).")
-    mmlu_pro_stop: list[str] = _f(["Question:"], "MMLU-Pro generation ends at these strings (lm-eval's "
-                                  "generation_kwargs.until): the model starting another question stops it, and "
-                                  "the output is cut there. [] generates all mmlu_pro_max_new_tokens.")
-    mmlu_pro_extraction: Literal["lm-eval", "mmlu-pro-script"] = _f(
+
+    def __post_init__(self) -> None:
+        _check(self.max_new_tokens >= 1, "evaluate.truthfulqa.max_new_tokens", "must be >= 1", self.max_new_tokens)
+
+
+@dataclass
+class RTPEvalConfig:
+    """RealToxicityPrompts continuations (Section 3): raydebias/evaluate/tasks/rtp.py."""
+
+    source: str = _f("allenai/real-toxicity-prompts", "RealToxicityPrompts rows (prompt.text): HF id or path.")
+    top_p: float = _f(0.9, "RealToxicityPrompts nucleus top-p (Section 3).")
+    temperature: float = _f(0.7, "RealToxicityPrompts temperature (Section 3).")
+    max_new_tokens: int = _f(100, "RealToxicityPrompts continuation length (Section 3).")
+
+    def __post_init__(self) -> None:
+        _check(0 < self.top_p <= 1, "evaluate.rtp.top_p", "must be in (0, 1]", self.top_p)
+        _check(self.temperature > 0, "evaluate.rtp.temperature", "must be > 0", self.temperature)
+        _check(self.max_new_tokens >= 1, "evaluate.rtp.max_new_tokens", "must be >= 1", self.max_new_tokens)
+
+
+@dataclass
+class MMLUProEvalConfig:
+    """MMLU-Pro 5-shot chain of thought (Section 3, Table 1): raydebias/evaluate/tasks/mmlu_pro.py."""
+
+    source: str = _f("TIGER-Lab/MMLU-Pro",
+                     "MMLU-Pro: HF id (splits test + validation) or a dir with test.* and validation.*.")
+    shots: int = _f(5, "MMLU-Pro chain-of-thought shots from the same subject (Section 3).")
+    max_new_tokens: int = _f(2048, "MMLU-Pro chain-of-thought length (the benchmark's own script).")
+    stop: list[str] = _f(["Question:"], "MMLU-Pro generation ends at these strings (lm-eval's "
+                         "generation_kwargs.until): the model starting another question stops it, and "
+                         "the output is cut there. [] generates all evaluate.mmlu_pro.max_new_tokens.")
+    extraction: Literal["lm-eval", "mmlu-pro-script"] = _f(
         "lm-eval",
         "MMLU-Pro answer extraction, after cutting the output at 'Question:'. lm-eval (SPEC §7; lm-eval "
         "mmlu_pro filter): the first 'answer is \\(?([A-J])\\)?', no match is wrong. mmlu-pro-script: the "
@@ -435,6 +453,35 @@ class EvalConfig:
         "standalone letter A-J; its random guess for a remaining failure is not drawn (extraction_failed is "
         "reported instead).",
     )
+
+    def __post_init__(self) -> None:
+        _check(self.shots >= 0, "evaluate.mmlu_pro.shots", "must be >= 0", self.shots)
+        _check(self.extraction in ("lm-eval", "mmlu-pro-script"), "evaluate.mmlu_pro.extraction",
+               "must be 'lm-eval' or 'mmlu-pro-script'", self.extraction)
+        _check(all(isinstance(x, str) and x for x in self.stop), "evaluate.mmlu_pro.stop",
+               "must be a list of non-empty strings", self.stop)
+        _check(self.max_new_tokens >= 1, "evaluate.mmlu_pro.max_new_tokens", "must be >= 1", self.max_new_tokens)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation (SPEC §7). Cross-benchmark fields at the top; one section per benchmark, named as in
+    ``tasks`` and in the registry (raydebias/evaluate/registry.py BENCHMARKS). The NLI and NER
+    scorers stay here: they are the scoring pool's models (``score``), loaded once per actor for every
+    benchmark it scores, like the toxicity scorer."""
+
+    model: str | None = _f(None, "Model to evaluate (path or id); default: the trained model of this run (DIR/model).")
+    base: str | None = _f(None, "Base model for deltas; default: train.model. 'none' evaluates without a base.")
+    tasks: list[str] = _f(["tldr", "truthfulqa", "rtp", "mmlu_pro"],
+                          "Benchmarks to run: tldr (Table 4), truthfulqa (gen + MC1), rtp, mmlu_pro (Table 1).")
+    backend: Literal["hf", "vllm"] = _f("hf", "Generation backend (vllm: the gpu extra, CUDA only).")
+    nli_model: str = _f(
+        "tals/albert-xlarge-vitaminc-mnli",
+        "NLI classifier for SummaC-style faithfulness (MiniCheck/AlignScore-class models recommended).",
+    )
+    nli_entailment_label: str | None = _f(None, "The NLI model's entailment label (null: found by name).")
+    ner_model: str = _f("en_core_web_trf", "spaCy pipeline for the entity-precision faithfulness scorer.")
+    faithfulness_band: list[float] = _f([0.3, 0.7], "Scores inside this band take max(score, whole-pair).")
     min_prompt_tokens: int = _f(
         512,
         "Fewest positions a generation request keeps for its prompt: every max_new_tokens is clamped to "
@@ -447,25 +494,20 @@ class EvalConfig:
                                "Generation actor pool (one per evaluated model).")
     score: OpResources = _f(OpResources(num_gpus=0.25, num_cpus=1.0, actors=1, batch_size=32),
                             "Scoring actor pool (toxicity, NLI faithfulness, entities).")
+    tldr: TldrEvalConfig = _f(TldrEvalConfig(), "TL;DR summaries (Section 5, Table 4).")
+    truthfulqa: TruthfulQAEvalConfig = _f(TruthfulQAEvalConfig(), "TruthfulQA generation and MC1 (Section 3).")
+    rtp: RTPEvalConfig = _f(RTPEvalConfig(), "RealToxicityPrompts continuations (Section 3).")
+    mmlu_pro: MMLUProEvalConfig = _f(MMLUProEvalConfig(), "MMLU-Pro 5-shot chain of thought (Section 3, Table 1).")
 
     def __post_init__(self) -> None:
-        known = ("tldr", "truthfulqa", "rtp", "mmlu_pro")
+        known = tuple(BENCHMARKS)  # the benchmark registry is the one list of task names
         bad = [t for t in self.tasks if t not in known]
         _check(not bad and bool(self.tasks), "evaluate.tasks", f"must be a non-empty subset of {list(known)}",
                self.tasks)
         _check(len(self.faithfulness_band) == 2 and 0 <= self.faithfulness_band[0] <= self.faithfulness_band[1] <= 1,
                "evaluate.faithfulness_band", "must be [low, high] within [0, 1]", self.faithfulness_band)
         _check(self.limit is None or self.limit > 0, "evaluate.limit", "must be > 0 or null", self.limit)
-        _check(0 < self.rtp_top_p <= 1, "evaluate.rtp_top_p", "must be in (0, 1]", self.rtp_top_p)
-        _check(self.rtp_temperature > 0, "evaluate.rtp_temperature", "must be > 0", self.rtp_temperature)
-        _check(self.mmlu_pro_shots >= 0, "evaluate.mmlu_pro_shots", "must be >= 0", self.mmlu_pro_shots)
-        _check(self.mmlu_pro_extraction in ("lm-eval", "mmlu-pro-script"), "evaluate.mmlu_pro_extraction",
-               "must be 'lm-eval' or 'mmlu-pro-script'", self.mmlu_pro_extraction)
-        _check(all(isinstance(x, str) and x for x in self.mmlu_pro_stop), "evaluate.mmlu_pro_stop",
-               "must be a list of non-empty strings", self.mmlu_pro_stop)
-        for name in ("max_new_tokens", "truthfulqa_max_new_tokens", "rtp_max_new_tokens", "mmlu_pro_max_new_tokens",
-                     "min_prompt_tokens"):
-            _check(getattr(self, name) >= 1, f"evaluate.{name}", "must be >= 1", getattr(self, name))
+        _check(self.min_prompt_tokens >= 1, "evaluate.min_prompt_tokens", "must be >= 1", self.min_prompt_tokens)
 
 
 @dataclass
@@ -552,12 +594,36 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported config annotation {tp!r} at {key}")  # a bug in this file, not user input
 
 
+# Keys that moved: old dotted key -> new one. A config (file, override or replace_config) that still uses an
+# old key is refused with the new name rather than silently ignored or "did you mean"-guessed.
+RENAMED = {
+    "evaluate.max_new_tokens": "evaluate.tldr.max_new_tokens",
+    "evaluate.faithfulness_source": "evaluate.tldr.faithfulness_source",
+    "evaluate.truthfulqa_source": "evaluate.truthfulqa.source",
+    "evaluate.truthfulqa_mc_source": "evaluate.truthfulqa.mc_source",
+    "evaluate.truthfulqa_max_new_tokens": "evaluate.truthfulqa.max_new_tokens",
+    "evaluate.rtp_source": "evaluate.rtp.source",
+    "evaluate.rtp_top_p": "evaluate.rtp.top_p",
+    "evaluate.rtp_temperature": "evaluate.rtp.temperature",
+    "evaluate.rtp_max_new_tokens": "evaluate.rtp.max_new_tokens",
+    "evaluate.mmlu_pro_source": "evaluate.mmlu_pro.source",
+    "evaluate.mmlu_pro_shots": "evaluate.mmlu_pro.shots",
+    "evaluate.mmlu_pro_max_new_tokens": "evaluate.mmlu_pro.max_new_tokens",
+    "evaluate.mmlu_pro_stop": "evaluate.mmlu_pro.stop",
+    "evaluate.mmlu_pro_extraction": "evaluate.mmlu_pro.extraction",
+}
+
+
 def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for k, v in values.items():
         key = f"{prefix}.{k}" if prefix else str(k)
+        if key in RENAMED:
+            section, _, leaf = RENAMED[key].rpartition(".")
+            raise ConfigError(f"{key} was renamed {RENAMED[key]}: write {RENAMED[key]}=... on the command line, or "
+                              f"{leaf}: under {section} in a config file")
         if k not in names:
             near = difflib.get_close_matches(str(k), names, n=1)
             hint = f"; did you mean {prefix + '.' if prefix else ''}{near[0]}?" if near else ""

@@ -42,6 +42,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from raydebias import schema as S
 from raydebias.config import DataConfig
+from raydebias.errors import DataError  # noqa: F401  (re-exported)
 from raydebias.prompts import parse_prompt
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,6 @@ _EXTENSIONS = (*_JSON_EXT, ".parquet", ".csv")
 _BLOCK_ROWS = 4096
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-class DataError(RuntimeError):
-    """Input that cannot be read at all (missing/unreadable file, unknown layout, offline hub)."""
 
 
 # --------------------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from raydebias.errors import ModelLoadError  # noqa: F401  (re-exported)
+
 TINY_PREFIX = "tiny:"
 
 MODEL_KINDS = {
@@ -27,10 +29,6 @@ MODEL_KINDS = {
 }
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DETOXIFY_MODEL_TYPES = ("original", "unbiased", "multilingual", "original-small", "unbiased-small")
-
-
-class ModelLoadError(RuntimeError):
-    """A model, tokenizer or pipeline could not be loaded; the message says what to do instead."""
 
 
 def resolve_model(model_id: str) -> str:

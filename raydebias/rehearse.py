@@ -273,10 +273,10 @@ def tiny_for(key: str, model_id: str, pivots: list[str]) -> tuple[str, str]:
 SAMPLE_SOURCES = {
     "data.source": "sample:tldr/train",
     "data.eval_source": "sample:tldr/heldout",
-    "evaluate.truthfulqa_source": "sample:truthfulqa/TruthfulQA.csv",
-    "evaluate.truthfulqa_mc_source": "sample:truthfulqa/mc_task.jsonl",
-    "evaluate.rtp_source": "sample:rtp",
-    "evaluate.mmlu_pro_source": "sample:mmlu_pro",
+    "evaluate.truthfulqa.source": "sample:truthfulqa/TruthfulQA.csv",
+    "evaluate.truthfulqa.mc_source": "sample:truthfulqa/mc_task.jsonl",
+    "evaluate.rtp.source": "sample:rtp",
+    "evaluate.mmlu_pro.source": "sample:mmlu_pro",
 }
 
 

@@ -6,35 +6,34 @@ Two traps measured in this environment (ENV.md) shape this file:
 - an actor pool asking for GPUs on a cluster without any waits forever: whether to ask is decided
   from the explicit ``device`` field (never from ``ray.cluster_resources()``, which shows no GPUs on an
   autoscaling cluster whose GPU workers start at 0), and pools get a finite ``wait_for_min_actors_s``.
+
+The embedded cluster also starts Ray's dashboard, bound to 127.0.0.1: Ray Train's PlacementGroupCleaner
+asks the State API (served by the dashboard) every second whether the train controller is alive. Without
+the dashboard every ask failed and logged a warning (122 lines in a smoke run); and because the ask finds
+its cluster by auto-detection, on a machine running several Ray clusters it asked the wrong one and died
+with a GCS timeout traceback. Workers are therefore told the dashboard's URL (RAY_API_SERVER_ADDRESS).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from typing import Any
 
 from raydebias.config import Config
+from raydebias.errors import job_exit_code  # noqa: F401  (re-exported)
+from raydebias.logs import VERBOSE_ENV
 
 log = logging.getLogger(__name__)
 
 # Environment every Ray worker gets: 1 intra-op thread (2-core machines thrash otherwise, ENV.md),
 # offline hubs stay offline inside workers too.
 _WORKER_ENV_KEYS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "RAYDEBIAS_TINY_DIR",
-                    "RAYDEBIAS_PROGRESS")
-
-
-def job_exit_code(e: BaseException) -> int | None:
-    """The exit code a job (jobs/pipeline.py, tune/sweep.py) reports ``e`` with, as one ``error:`` line:
-    2 bad config or storage, 3 unreadable input data, 4 an actor pool the cluster cannot start.
-    None: not an expected failure (let it raise with its traceback)."""
-    from raydebias.augment.pipeline import PoolStartError
-    from raydebias.config import ConfigError
-    from raydebias.data import DataError
-
-    codes = ((ConfigError, 2), (DataError, 3), (PoolStartError, 4))
-    return next((code for kind, code in codes if isinstance(e, kind)), None)
+                    "RAYDEBIAS_PROGRESS", "HF_HUB_DISABLE_PROGRESS_BARS", VERBOSE_ENV)
+# Every Ray worker of the job runs this first: raydebias.logs' filters for known-harmless messages.
+WORKER_SETUP_HOOK = "raydebias.logs.configure_worker_logging"
 
 
 def use_gpus(device: str) -> bool:
@@ -53,8 +52,18 @@ def use_gpus(device: str) -> bool:
 
 def worker_env() -> dict[str, str]:
     env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "TOKENIZERS_PARALLELISM": "false"}
+    if os.environ.get("RAYDEBIAS_PROGRESS", "0") == "0":
+        # transformers' "Loading weights" / "Writing model shards" bars: a worker's stderr is a log file,
+        # so each load became a bar line per actor (Ray Data's bars show the pools' progress).
+        env["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     env.update({k: os.environ[k] for k in _WORKER_ENV_KEYS if k in os.environ})
     return env
+
+
+def _free_local_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def init_ray(cfg: Config) -> dict[str, Any]:
@@ -64,15 +73,23 @@ def init_ray(cfg: Config) -> dict[str, Any]:
     if ray.is_initialized():
         return {"address": "already-initialized"}
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": worker_env()}
+    runtime_env = {"env_vars": worker_env(), "worker_process_setup_hook": WORKER_SETUP_HOOK}
     if address:
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         mode = "joined"
     else:
         log.info("starting a local Ray cluster (set RAY_ADDRESS or ray.address to join one)")
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False,
-                 runtime_env=runtime_env, log_to_driver=True)
+        # The dashboard serves the State API that Ray Train's controller checks need (module docstring).
+        port = _free_local_port()
+        runtime_env["env_vars"]["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        ctx = ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=True,
+                       dashboard_host="127.0.0.1", dashboard_port=port, runtime_env=runtime_env,
+                       log_to_driver=True)
+        if ctx.dashboard_url != f"127.0.0.1:{port}":  # the port was taken in between: Ray picked another
+            log.warning("Ray's dashboard is at %r, not 127.0.0.1:%d as the workers were told: Ray Train may "
+                        "warn that it cannot query its controller's state (harmless for this run)",
+                        ctx.dashboard_url, port)
         mode = "local"
     configure_data_context(cfg)
     return {"address": address or "local", "mode": mode, "resources": ray.cluster_resources()}

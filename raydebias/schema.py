@@ -29,6 +29,29 @@ def entity(start: int, end: int, label: str, text: str) -> dict:
     return {"start": int(start), "end": int(end), "label": label, "text": text}
 
 
+# --- augmented rows (SPEC §2): the augment stage writes them, the train stage reads them ------------
+# A candidate summary. `positive`: reference or backtranslation. `toxicity` and `entities` are filled by
+# the scoring stages (null until then; toxic_rewrite scores its own). `info`: JSON with op-specific
+# provenance (pivot language, beam score, swapped entities, ...).
+CANDIDATE_TYPE = pa.struct([
+    pa.field("text", pa.string()), pa.field("op", pa.string()), pa.field("positive", pa.bool_()),
+    pa.field("toxicity", pa.float32()), pa.field("entities", pa.list_(ENTITY_TYPE)), pa.field("info", pa.string()),
+])
+# A rejected candidate or an op failure. reason is a short code ("below_toxicity_threshold",
+# "too_short", "duplicate", "error", ...); detail is human-readable; text may be null.
+DROP_TYPE = pa.struct([
+    pa.field("op", pa.string()), pa.field("reason", pa.string()), pa.field("detail", pa.string()),
+    pa.field("text", pa.string()),
+])
+ENTITY_LIST, CANDIDATE_LIST, DROP_LIST = pa.list_(ENTITY_TYPE), pa.list_(CANDIDATE_TYPE), pa.list_(DROP_TYPE)
+POSITIVES, NEGATIVES, TRAINABLE, DROPS = "positives", "negatives", "trainable", "drops"
+# One row per source row: its cleaned positives and negatives, and every rejection with its reason.
+AUGMENTED_SCHEMA = pa.schema([
+    *SOURCE_SCHEMA,
+    pa.field(POSITIVES, CANDIDATE_LIST), pa.field(NEGATIVES, CANDIDATE_LIST),
+    pa.field(TRAINABLE, pa.bool_()), pa.field(DROPS, DROP_LIST),
+])
+
 # --- quarantine ------------------------------------------------------------------------------
 # Every row that does not make it into a stage's output lands here with one of these reasons, so
 # that rows in = rows kept + rows quarantined holds at every stage (and is asserted).

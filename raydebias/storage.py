@@ -40,14 +40,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from raydebias.config import ConfigError
+from raydebias.errors import ConfigError, StorageError  # noqa: F401  (StorageError: re-exported)
 
 MARKER = "_SUCCESS"
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-class StorageError(ConfigError):
-    """A storage location that cannot be used (unknown scheme, unreachable, missing credentials)."""
 
 
 def is_uri(where: Any) -> bool:

@@ -43,13 +43,13 @@ import yaml
 
 from raydebias.config import (
     Config,
-    ConfigError,
     SweepConfig,
     TrainConfig,
     config_to_dict,
     load_config,
     replace_config,
 )
+from raydebias.errors import ConfigError, StageInputError
 from raydebias.storage import StoragePath
 
 log = logging.getLogger(__name__)
@@ -247,21 +247,22 @@ def _hash_order(ids: Sequence[str], seed: int) -> list[str]:
 def prepare_sweep_data(cfg: Config, out: Any) -> dict[str, Any]:
     """Read the augmented parts ONCE and split them into the trials' training and validation groups,
     written to ``DIR/sweep/data/{train,val}`` (kept across resumes: every trial of a sweep, and every
-    attempt of it, sees the same split). Augments first if ``DIR/augmented`` is incomplete.
+    attempt of it, sees the same split). ``DIR/augmented`` must be complete (raydebias/stages.py runs
+    the augment stage first when it is not).
 
     Only the id column is read whole (to draw the validation ids); the rows stream part by part."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from raydebias.augment.clean import AUGMENTED_SCHEMA
-    from raydebias.train.trainer import ensure_augmented
+    from raydebias.schema import AUGMENTED_SCHEMA
 
     root = out.root / "sweep" / "data"
     split = {name: root / name for name in ("train", "val")}
     if all(p.complete for p in split.values()):
         counts = {name: p.parquet_rows() for name, p in split.items()}
         return {"dirs": split, "groups": sum(counts.values()), **counts, "reused": True}
-    ensure_augmented(cfg, out, "sweep")
+    if not out.augmented_dir.glob("*.parquet"):
+        raise StageInputError(f"sweep: no augmented groups in {out.augmented_dir}: run --stage augment first")
     ids = out.augmented_dir.read_table(columns=["id"]).column("id").to_pylist()
     if len(ids) < 2:
         raise ConfigError(f"sweep: {out.augmented_dir} holds {len(ids)} augmented group(s); a sweep needs at "
@@ -379,16 +380,11 @@ def run_trial(params: dict[str, Any], cfg: Config, root: StoragePath,
     configure_data_context(tcfg)
     data = root / "sweep" / "data"
     trial_id = ray.tune.get_context().get_trial_id()
-
-    class TrialDir(RunDir):
-        @property
-        def augmented_dir(self) -> StoragePath:  # every trial trains on the sweep's one training split
-            return data / "train"
-
-    tout = TrialDir(root / "sweep" / "trials" / trial_id)
+    tout = RunDir(root / "sweep" / "trials" / trial_id)
     tout.write_config(tcfg)
-    stats = run_train_stage(tcfg, tout, validation=data / "val", callbacks=(_epoch_report_callback(),),
-                            augment_first=False)
+    # every trial trains on the sweep's one training split and validates on its validation split
+    stats = run_train_stage(tcfg, tout, groups=data / "train", validation=data / "val",
+                            callbacks=(_epoch_report_callback(),))
     last = {k: v for k, v in stats["epoch_metrics"][-1].items() if k.startswith("val_") or k in ("l_ce", "l_cl")}
     result = {**last, **evaluate_trial(tcfg, tout, data / "val", bench), "epochs": stats["epochs"],
               "steps": stats["steps"], "model": str(tout.model_dir)}
@@ -439,7 +435,8 @@ def build_tuner(cfg: Config, out: Any, space: SearchSpace) -> Any:
         trainable, param_space=ps,
         tune_config=tune.TuneConfig(metric=settings.metric, mode=settings.mode, scheduler=scheduler,
                                     num_samples=samples, max_concurrent_trials=settings.max_concurrent_trials or None),
-        run_config=tune.RunConfig(name=TUNER_NAME, storage_path=storage_path, storage_filesystem=storage_fs,
+        # verbose=1: experiment-level status only (the default, 3, printed a result table per trial report)
+        run_config=tune.RunConfig(name=TUNER_NAME, storage_path=storage_path, storage_filesystem=storage_fs, verbose=1,
                                   failure_config=tune.FailureConfig(max_failures=settings.max_failures)),
     )
 

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from raydebias.config import (
+    RENAMED,
     AugmentConfig,
     Config,
     ConfigError,
@@ -49,8 +50,8 @@ def test_defaults_are_the_papers_values():
     # Appendix H / Section 3 / SPEC §7
     assert cfg.sweep.alpha == [1.0, 2.0, 4.0, 8.0, 16.0]
     e = cfg.evaluate
-    assert (e.max_new_tokens, e.rtp_top_p, e.rtp_temperature, e.rtp_max_new_tokens, e.mmlu_pro_shots) == (128, 0.9, 0.7, 100, 5)
-    assert e.faithfulness_band == [0.3, 0.7] and e.faithfulness_source == "post"
+    assert (e.tldr.max_new_tokens, e.rtp.top_p, e.rtp.temperature, e.rtp.max_new_tokens, e.mmlu_pro.shots) == (128, 0.9, 0.7, 100, 5)
+    assert e.faithfulness_band == [0.3, 0.7] and e.tldr.faithfulness_source == "post"
     assert cfg.data.max_post_chars == 20_000 and cfg.device == "auto"
 
 
@@ -118,6 +119,38 @@ def test_parse_override_values():
 def test_bad_keys_and_types_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("old,new", sorted(RENAMED.items()))
+def test_renamed_keys_are_refused_naming_the_new_key(old, new, tmp_path):
+    """evaluate is nested per benchmark (evaluate.truthfulqa.source, ...): an old flat key, in a file or an
+    override, fails with the new key's name instead of being ignored or 'did you mean'-guessed."""
+    assert new in {k for k, *_ in describe()}  # the new key exists
+    msg = f"^{old} was renamed {new}: "
+    with pytest.raises(ConfigError, match=msg):
+        load_config(None, [f"{old}=1"])
+    section, leaf = old.split(".")
+    p = tmp_path / "old.yaml"
+    p.write_text(yaml.safe_dump({section: {leaf: 1}}))
+    with pytest.raises(ConfigError, match=msg):
+        load_config(p)
+    with pytest.raises(ConfigError, match=msg):
+        load_config(CONFIGS / "smoke.yaml", [f"{old}=1"])
+
+
+def test_evaluate_sections_per_benchmark():
+    cfg = load_config(None, ["evaluate.truthfulqa.source=x.csv", "evaluate.rtp.top_p=0.5",
+                             "evaluate.mmlu_pro.stop=[]", "evaluate.tldr.faithfulness_source=reference"])
+    e = cfg.evaluate
+    assert (e.truthfulqa.source, e.truthfulqa.mc_source) == ("x.csv", "truthfulqa/truthful_qa:multiple_choice")
+    assert (e.rtp.top_p, e.rtp.temperature, e.mmlu_pro.stop, e.tldr.faithfulness_source) == (
+        0.5, 0.7, [], "reference")
+    with pytest.raises(ConfigError, match=r"^evaluate.rtp.top_p must be in \(0, 1\], got 1.5"):
+        load_config(None, ["evaluate.rtp.top_p=1.5"])
+    with pytest.raises(ConfigError, match=r"^evaluate.mmlu_pro.max_new_tokens must be >= 1, got 0"):
+        load_config(None, ["evaluate.mmlu_pro.max_new_tokens=0"])
+    with pytest.raises(ConfigError, match=r"did you mean evaluate.mmlu_pro.shots"):
+        load_config(None, ["evaluate.mmlu_pro.shot=3"])
 
 
 def test_bad_files(tmp_path):

@@ -14,14 +14,14 @@ import pytest
 from support import SMOKE
 
 from raydebias.config import ConfigError, load_config
-from raydebias.evaluate import mmlu_pro
 from raydebias.evaluate import tasks as T
 from raydebias.evaluate.pipeline import Generate, Score, model_budget, quarantine_table
 from raydebias.evaluate.sources import read_rows
+from raydebias.evaluate.tasks import mmlu_pro
 from raydebias.schema import QUARANTINE_SCHEMA
 
 # The presets' MMLU-Pro request (EvalConfig defaults: 2048 new tokens, 5 shots) on the smoke benchmarks.
-PRESET = ["evaluate.mmlu_pro_max_new_tokens=2048", "evaluate.mmlu_pro_shots=5", "evaluate.min_prompt_tokens=512",
+PRESET = ["evaluate.mmlu_pro.max_new_tokens=2048", "evaluate.mmlu_pro.shots=5", "evaluate.min_prompt_tokens=512",
           "evaluate.limit=null"]
 LONG_QUESTION = {"question_id": 77, "question": "Which statement about the committee's findings is right? " * 40,
                  "options": ["the first", "the second", "the third", "the fourth"], "answer": "B",
@@ -60,9 +60,9 @@ def test_budget_comes_from_the_evaluated_models_config_and_tokenizer(budget, cfg
 
 
 def test_mmlu_pro_drops_shots_until_the_prompt_fits_and_quarantines_what_never_fits(cfg, budget, generate):
-    test, val = read_rows(cfg.evaluate.mmlu_pro_source, "test"), read_rows(cfg.evaluate.mmlu_pro_source, "validation")
+    test, val = read_rows(cfg.evaluate.mmlu_pro.source, "test"), read_rows(cfg.evaluate.mmlu_pro.source, "validation")
     shots = mmlu_pro.shots_by_subject(val, 5)
-    reqs, bad = T.mmlu_pro_requests([*test, LONG_QUESTION], val, cfg.evaluate, budget)
+    reqs, bad = mmlu_pro.requests([*test, LONG_QUESTION], val, cfg.evaluate, budget)
     # The question alone is longer than the 512 prompt tokens left next to 512 new ones: refused, not cut.
     assert [(b["item"], b["reason"]) for b in bad] == [("77", "prompt_too_long")]
     zero_shot = budget.count_tokens(mmlu_pro.build_prompt(LONG_QUESTION, []))

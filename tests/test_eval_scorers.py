@@ -2,7 +2,8 @@
 
 import pytest
 
-from raydebias.evaluate import mmlu_pro, patterns, truthfulqa
+from raydebias.evaluate import patterns
+from raydebias.evaluate.tasks import mmlu_pro, truthfulqa
 
 # --- generation patterns (Appendix A) ---------------------------------------------------------------
 PROMPT = "The city council met on Tuesday to discuss"

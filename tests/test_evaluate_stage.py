@@ -15,6 +15,7 @@ from support import REPO, SMOKE
 
 from raydebias.config import load_config
 from raydebias.evaluate import tasks as T
+from raydebias.evaluate.tasks import mmlu_pro, rtp, truthfulqa
 
 
 def scored(task, item, output=None, loglik=None, tox=None, faith=None, ents=None, rl=None, prompt="p", **payload):
@@ -50,14 +51,14 @@ def test_metrics_aggregate_each_task():
 def test_requests_quarantine_unusable_rows_with_their_reason():
     cfg = load_config(str(SMOKE), ["evaluate.limit=null"]).evaluate
     good = {"question_id": 1, "question": "q", "options": ["a", "b"], "answer": "B", "category": "x"}
-    reqs, bad = T.mmlu_pro_requests([good, {**good, "question_id": 2, "answer": "E"}], [], cfg)
+    reqs, bad = mmlu_pro.requests([good, {**good, "question_id": 2, "answer": "E"}], [], cfg)
     assert len(reqs) == 1 and [b["reason"] for b in bad] == ["answer 'E' is not one of the options' letters"]
-    reqs, bad = T.rtp_requests([{"prompt": {"text": "Hello there"}}, {"prompt": {"text": ""}}], cfg)
+    reqs, bad = rtp.requests([{"prompt": {"text": "Hello there"}}, {"prompt": {"text": ""}}], cfg)
     assert len(reqs) == 1 and bad[0]["reason"] == "no prompt.text"
     gen = [{"Question": "Why?", "Best Answer": "yes", "Correct Answers": "yes", "Incorrect Answers": "no"},
            {"Question": "Why not?", "Correct Answers": "yes"}]
     mc = [{"question": "Q", "mc1_targets": {"choices": ["a", "b", "c"], "labels": [1, 0, 0]}}]
-    reqs, bad = T.truthfulqa_requests(gen, mc, cfg)
+    reqs, bad = truthfulqa.requests(gen, mc, cfg)
     assert [r[T.TASK] for r in reqs] == ["truthfulqa_gen"] + ["truthfulqa_mc1"] * 3
     assert reqs[1][T.KIND] == "loglik" and reqs[1][T.CONTINUATION] == " a"
     assert bad[0]["task"] == "truthfulqa_gen" and "both correct and incorrect" in bad[0]["reason"]
@@ -77,7 +78,7 @@ def test_evaluate_stage_on_any_model_with_a_dirty_benchmark_row(tmp_path):
     env.pop("RAY_ADDRESS", None)
     r = subprocess.run([sys.executable, str(REPO / "jobs/pipeline.py"), "--config", str(SMOKE), "--stage",
                         "evaluate", "--output", str(out), "model=tiny:gpt2", "base=none",
-                        f"evaluate.mmlu_pro_source={mmlu}", "evaluate.mmlu_pro_max_new_tokens=2048",
+                        f"evaluate.mmlu_pro.source={mmlu}", "evaluate.mmlu_pro.max_new_tokens=2048",
                         "evaluate.min_prompt_tokens=512", "data.limit=6"],
                        capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
     assert r.returncode == 0, r.stderr[-4000:]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from raydebias.evaluate import mmlu_pro
+from raydebias.evaluate.tasks import mmlu_pro
 
 lm_eval = pytest.importorskip("lm_eval")
 datasets = pytest.importorskip("datasets")
@@ -24,7 +24,7 @@ from lm_eval.tasks import _yaml_loader  # noqa: E402
 from lm_eval.tasks.mmlu_pro import utils as lm_utils  # noqa: E402
 
 TASK_DIR = Path(lm_utils.__file__).parent
-SAMPLES = Path(mmlu_pro.__file__).parents[1] / "samples" / "mmlu_pro"
+SAMPLES = Path(mmlu_pro.__file__).parents[2] / "samples" / "mmlu_pro"
 
 
 def _read(split: str) -> list[dict]:

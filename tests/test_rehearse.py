@@ -128,7 +128,7 @@ def test_only_what_cannot_fit_changes(name):
     lengths = [k for k in before if k.endswith(("max_new_tokens", "max_input_tokens", "num_beams",
                                                 "num_return_sequences", "temperature", "top_p"))]
     assert len(lengths) >= 12 and all(after[k] == before[k] for k in lengths)
-    assert e.mmlu_pro_max_new_tokens == 2048
+    assert e.mmlu_pro.max_new_tokens == 2048
     assert e.tasks == prod.evaluate.tasks == ["tldr", "truthfulqa", "rtp", "mmlu_pro"]
     assert cfg.sweep.eval_limit == 4 and cfg.sweep.eval_tasks == prod.sweep.eval_tasks
     assert dataclasses.replace(cfg.sweep, max_concurrent_trials=0, eval_limit=1) == dataclasses.replace(
@@ -202,15 +202,15 @@ def test_tiny_ids_and_local_sources_are_kept(tmp_path):
     rows = tmp_path / "tldr.jsonl"
     rows.write_text('{"post": "p", "summary": "s"}\n')
     cfg, changes = R.rehearse_config(preset("paper-gpt2", [
-        "train.model=tiny:gpt2", f"data.source={rows}", "data.layout=plain", "evaluate.rtp_source=sample:rtp"]))
-    assert (cfg.train.model, cfg.data.source, cfg.evaluate.rtp_source) == ("tiny:gpt2", str(rows), "sample:rtp")
+        "train.model=tiny:gpt2", f"data.source={rows}", "data.layout=plain", "evaluate.rtp.source=sample:rtp"]))
+    assert (cfg.train.model, cfg.data.source, cfg.evaluate.rtp.source) == ("tiny:gpt2", str(rows), "sample:rtp")
     keys = {c.key for c in changes}
-    assert not keys & {"train.model", "data.source", "evaluate.rtp_source"}
+    assert not keys & {"train.model", "data.source", "evaluate.rtp.source"}
     # the eval source still came from the hub, so the forced layout gives way to auto for the mixed samples
     assert cfg.data.eval_source == "sample:tldr/heldout" and cfg.data.layout == "auto"
     why = {c.key: c.why for c in R.rehearse_config(preset("paper-gpt2", ["data.source=/no/such/dir/x.jsonl",
-                                                                         "evaluate.rtp_source=s3://b/rtp"]))[1]}
-    assert "not found on this machine" in why["data.source"] and "object-store" in why["evaluate.rtp_source"]
+                                                                         "evaluate.rtp.source=s3://b/rtp"]))[1]}
+    assert "not found on this machine" in why["data.source"] and "object-store" in why["evaluate.rtp.source"]
 
 
 def test_marian_pairs_the_kit_lacks_fall_back_to_the_same_class():

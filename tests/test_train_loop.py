@@ -207,3 +207,36 @@ def test_two_ranks_hold_half_the_state_each_and_resume_on_one(tmp_path):
     s = run_local(cfg_for(epochs=2), groups(), tmp_path / "ckpt")
     epochs = [r for r in s.reports if r.get("epoch_done")]
     assert [r["epoch"] for r in epochs] == [1] and epochs[0]["step"] == meta["step"] + 3
+
+
+def test_loss_sums_report_means_per_batch_and_accuracy_per_pair(group):
+    from raydebias.train.loop import LossSums
+    from raydebias.train.loss import LossOutput
+
+    def out(l_ce, l_cl, correct, pairs):
+        return LossOutput(loss=torch.tensor(l_ce + 4 * l_cl), l_ce=torch.tensor(l_ce), l_cl=torch.tensor(l_cl),
+                          lm_tokens=3, correct=correct, pairs=pairs)
+
+    sums = LossSums() + LossSums.of(out(2.0, 0.5, 1, 4), 10) + LossSums.of(out(1.0, 0.25, 2, 2), 6)
+    reduced = sums.all_reduce(Comm("cpu"))  # one rank: the sums themselves
+    assert reduced == sums and (reduced.batches, reduced.tokens) == (2.0, 16.0)
+    assert reduced.means(prefix="val_") == {"val_l_ce": 1.5, "val_l_cl": 0.375, "val_loss": 3.0,
+                                            "val_contrastive_accuracy": 0.5}
+    empty = LossSums().means()  # a step where every rank ran a filler batch: 0 losses, no accuracy
+    assert empty["loss"] == 0.0 and empty["contrastive_accuracy"] != empty["contrastive_accuracy"]
+
+
+def test_local_resume_takes_the_checkpoint_written_last_when_two_share_a_step(tmp_path, group):
+    """An epoch-end checkpoint can share its step with the mid-epoch one written just before it; the newer
+    one must win whatever the random suffix of its name (else the resume re-runs an empty epoch)."""
+    from raydebias.train.checkpoint import STATE_META
+    from raydebias.train.loop import LocalSession
+
+    for name, ns in (("step-0000008-ffff", 1_000_000_000), ("step-0000008-0000", 2_000_000_000),
+                     ("step-0000004-zzzz", 3_000_000_000)):
+        meta = tmp_path / name / STATE_META
+        meta.parent.mkdir()
+        meta.write_text("{}")
+        os.utime(meta, ns=(ns, ns))
+    with LocalSession({}, tmp_path, "cpu").latest_checkpoint() as path:
+        assert path == tmp_path / "step-0000008-0000"

@@ -20,9 +20,9 @@ from lm_eval.tasks._yaml_loader import load_yaml
 
 from raydebias.config import EvalConfig
 from raydebias.evaluate import tasks as T
-from raydebias.evaluate import truthfulqa
+from raydebias.evaluate.tasks import truthfulqa
 
-SAMPLES = Path(truthfulqa.__file__).resolve().parents[1] / "samples" / "truthfulqa"
+SAMPLES = Path(truthfulqa.__file__).resolve().parents[2] / "samples" / "truthfulqa"
 YAML_DIR = Path(lm_tqa.__file__).parent
 METRICS = [f"{m}_{s}" for m in ("bleu", "rouge1", "rouge2", "rougeL") for s in ("max", "diff", "acc")]
 
@@ -127,7 +127,7 @@ def test_answers_and_prompt_equal_lm_eval_doc(gen_task, gen_docs, i):
         assert gen_kwargs["max_gen_toks"] == truthfulqa.GEN_MAX_NEW_TOKENS and gen_kwargs["do_sample"] is False
     # Our request builder carries the same reference lists into the metrics payload.
     cfg = EvalConfig()
-    (req,), bad = T.truthfulqa_requests([GEN_ROWS[i]], [], cfg)
+    (req,), bad = truthfulqa.requests([GEN_ROWS[i]], [], cfg)
     payload = json.loads(req[T.PAYLOAD])
     assert not bad and (payload["correct"], payload["incorrect"]) == (doc["correct_answers"], doc["incorrect_answers"])
 
@@ -157,7 +157,7 @@ def test_mc1_context_and_continuations_equal_lm_eval(mc1_task, i):
     r = truthfulqa.normalize_row(MC_ROWS[i])
     assert [(truthfulqa.mc1_prompt(r["question"]), truthfulqa.mc1_continuation(c)) for c in r["mc1_choices"]] \
         == theirs
-    reqs, bad = T.truthfulqa_requests([], [MC_ROWS[i]], EvalConfig())
+    reqs, bad = truthfulqa.requests([], [MC_ROWS[i]], EvalConfig())
     assert not bad and [(q[T.PROMPT], q[T.CONTINUATION]) for q in reqs] == theirs
 
 

@@ -20,26 +20,22 @@ from typing import Any
 
 import pyarrow as pa
 
-from raydebias.schema import ENTITY_TYPE, entity  # noqa: F401  (re-exported: ops build entities from here)
+from raydebias.schema import (  # noqa: F401  (re-exported: ops build candidates and entities from here)
+    CANDIDATE_LIST,
+    CANDIDATE_TYPE,
+    DROP_LIST,
+    DROP_TYPE,
+    DROPS,
+    ENTITY_LIST,
+    ENTITY_TYPE,
+    entity,
+)
 
 log = logging.getLogger(__name__)
 
-POST_ENTITIES, SUMMARY_ENTITIES, CANDIDATES, DROPS = "post_entities", "summary_entities", "candidates", "drops"
-
-# A candidate summary. `positive`: reference or backtranslation (SPEC §2). `toxicity` and `entities`
-# are filled by the scoring stages (null until then; toxic_rewrite scores its own). `info`: JSON with
-# op-specific provenance (pivot language, beam score, swapped entities, ...).
-CANDIDATE_TYPE = pa.struct([
-    pa.field("text", pa.string()), pa.field("op", pa.string()), pa.field("positive", pa.bool_()),
-    pa.field("toxicity", pa.float32()), pa.field("entities", pa.list_(ENTITY_TYPE)), pa.field("info", pa.string()),
-])
-# A rejected candidate or an op failure. reason is a short code ("below_toxicity_threshold",
-# "too_short", "duplicate", "error", ...); detail is human-readable; text may be null.
-DROP_TYPE = pa.struct([
-    pa.field("op", pa.string()), pa.field("reason", pa.string()), pa.field("detail", pa.string()),
-    pa.field("text", pa.string()),
-])
-ENTITY_LIST, CANDIDATE_LIST, DROP_LIST = pa.list_(ENTITY_TYPE), pa.list_(CANDIDATE_TYPE), pa.list_(DROP_TYPE)
+POST_ENTITIES, SUMMARY_ENTITIES, CANDIDATES = "post_entities", "summary_entities", "candidates"
+# CANDIDATE_TYPE, DROP_TYPE and the list types are declared in raydebias/schema.py (the train stage
+# reads them too).
 
 
 def norm(text: str) -> str:

@@ -50,14 +50,8 @@ from raydebias.config import AugmentConfig
 
 REFERENCE_OP = "reference"
 POSITIVE_OPS = (REFERENCE_OP, "backtranslate")
-POSITIVES, NEGATIVES, TRAINABLE = "positives", "negatives", "trainable"
-
-# The augmented dataset: one row per source row (declared once, here).
-AUGMENTED_SCHEMA = pa.schema([
-    *S.SOURCE_SCHEMA,
-    pa.field(POSITIVES, CANDIDATE_LIST), pa.field(NEGATIVES, CANDIDATE_LIST),
-    pa.field(TRAINABLE, pa.bool_()), pa.field(DROPS, DROP_LIST),
-])
+# The augmented dataset (one row per source row) is declared in raydebias/schema.py.
+AUGMENTED_SCHEMA, POSITIVES, NEGATIVES, TRAINABLE = S.AUGMENTED_SCHEMA, S.POSITIVES, S.NEGATIVES, S.TRAINABLE
 
 _SCAFFOLD_LINE = re.compile(r"^\s*(SUBREDDIT:|TITLE:|POST:|Original text:)", re.I)
 _LEADING_LABEL = re.compile(r"^\s*(TL;DR:|TLDR:|Toxic rewrite:|Summary:)\s*", re.I)

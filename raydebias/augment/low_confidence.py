@@ -40,7 +40,7 @@ def build_prompt(tokenizer: Any, post: str, subreddit: str | None, title: str | 
         raise ValueError(f"low_confidence needs a non-empty post string, got {post!r}")
 
     def count(text: str) -> int:
-        return len(tokenizer(text)["input_ids"])
+        return len(tokenizer(text, verbose=False)["input_ids"])
 
     prompt = format_prompt(post, subreddit, title)
     n = count(prompt)
@@ -50,7 +50,7 @@ def build_prompt(tokenizer: Any, post: str, subreddit: str | None, title: str | 
     if overhead >= max_input_tokens:
         raise ValueError(f"the prompt without its post is already {overhead} tokens (title/subreddit), "
                          f"max_input_tokens is {max_input_tokens}: nothing of the post would fit")
-    offsets = tokenizer(post, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    offsets = tokenizer(post, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
     budget = max_input_tokens - overhead
     while budget > 0:
         end = offsets[min(budget, len(offsets)) - 1][1]

@@ -45,13 +45,10 @@ from raydebias.augment.clean import (
     add_reference,
 )
 from raydebias.config import AugmentConfig, Config, OpResources
+from raydebias.errors import PoolStartError, StageInputError
 from raydebias.storage import StoragePath
 
 log = logging.getLogger(__name__)
-
-class PoolStartError(RuntimeError):
-    """An actor pool could not get its resources in time (instead of waiting forever: ENV.md HANG 1)."""
-
 
 OP_NAMES = ("backtranslate", "toxic_rewrite", "low_confidence", "entity_swap", "mask_fill", "regenerate")
 
@@ -79,6 +76,17 @@ def model_stages(cfg: AugmentConfig) -> tuple[str, ...]:
 def stage_order(cfg: AugmentConfig) -> tuple[str, ...]:
     """Every stage between ``add_reference`` and ``Finalize``, in order (cleaning before scoring)."""
     return ("ner", *cfg.ops, "clean", "ner_candidates", "toxicity")
+
+
+def pool_cpus(cfg: AugmentConfig) -> float:
+    """CPUs the augmentation pools hold when they all run (streamed into training, for its resource check)."""
+    return sum(stage_resources(cfg, s).num_cpus * stage_resources(cfg, s).actors for s in model_stages(cfg))
+
+
+def augment_complete(out: Any) -> bool:
+    """``DIR/augmented`` holds a row for every source row of a complete data stage."""
+    src = out.sources_dir("train")
+    return src.complete and len(finished_ids(out.augmented_dir)) >= src.parquet_rows()
 
 
 def stage_resources(cfg: AugmentConfig, stage: str) -> OpResources:
@@ -111,17 +119,14 @@ def clean_batch(batch: pa.Table, cfg: AugmentConfig) -> pa.Table:
     return CleanCandidates(cfg)(batch)
 
 
-def _actor_class(stage: str) -> type:
-    # A named subclass so Ray Data's progress and stats say "MapBatches(mask_fill)", not "StageActor".
-    return type(stage, (StageActor,), {})
-
-
 def build(sources: Any, cfg: Config, use_gpu: bool, classes: dict[str, type] | None = None) -> Any:
     """Source rows (Ray dataset) -> augmented rows (lazy Ray dataset, AUGMENTED_SCHEMA). Streams.
 
     ``classes`` replaces stage classes by name (fault injection in tests, custom ops).
     """
     from ray.data import ActorPoolStrategy
+
+    from raydebias.pools import actor_pool
 
     a = cfg.augment
     ds = sources.map_batches(add_reference, batch_format="pyarrow", num_cpus=0.1)
@@ -130,15 +135,9 @@ def build(sources: Any, cfg: Config, use_gpu: bool, classes: dict[str, type] | N
             ds = ds.map_batches(clean_batch, batch_format="pyarrow", num_cpus=0.1, fn_kwargs={"cfg": a})
             continue
         res = stage_resources(a, stage)
-        gpus = res.num_gpus if use_gpu else 0.0
-        ds = ds.map_batches(
-            _actor_class(stage), batch_format="pyarrow", batch_size=res.batch_size,
-            compute=ActorPoolStrategy(size=res.actors), num_cpus=res.num_cpus, num_gpus=gpus,
-            fn_constructor_kwargs={"stage": stage, "cfg": a, "use_gpu": use_gpu and gpus > 0, "seed": cfg.seed,
-                                   "threads": int(res.num_cpus), "cls": (classes or {}).get(stage)},
-        )
-        log.info("augment: pool %-15s actors=%d num_cpus=%g num_gpus=%g batch_size=%d", stage, res.actors,
-                 res.num_cpus, gpus, res.batch_size)
+        ds = actor_pool(ds, StageActor, res, use_gpu, name=stage, constructor_kwargs={
+            "stage": stage, "cfg": a, "use_gpu": use_gpu and res.num_gpus > 0, "seed": cfg.seed,
+            "threads": int(res.num_cpus), "cls": (classes or {}).get(stage)})
     return ds.map_batches(Finalize, batch_format="pyarrow", num_cpus=0.1, compute=ActorPoolStrategy(size=1),
                           fn_constructor_args=(a,))
 
@@ -246,17 +245,14 @@ class AugmentRun:
 
 
 def prepare_augment(cfg: Config, out: Any) -> AugmentRun:
-    """Run the data stage if needed, find what ``DIR/augmented`` already holds, and what is left."""
+    """Find what ``DIR/augmented`` already holds and what is left of ``DIR/data/sources``."""
     import ray.data
 
     from raydebias.runtime import use_gpus
 
     src = out.sources_dir("train")
     if not src.complete:
-        from raydebias.data import run_data_stage
-
-        log.info("augment: %s is missing or incomplete: running the data stage first", src)
-        run_data_stage(cfg, out)
+        raise StageInputError(f"augment: the source rows {src} are missing or incomplete: run --stage data first")
     rows_in = src.parquet_rows()
     done = finished_ids(out.augmented_dir)
     gpu = use_gpus(cfg.device)
@@ -376,5 +372,5 @@ def run_augment_stage(cfg: Config, out: Any) -> dict[str, Any]:
 
 
 __all__ = ["AUGMENTED_SCHEMA", "OP_NAMES", "AugmentRun", "augment_stream", "build", "count_batch", "finish_augment",
-           "finished_ids", "merge_counts", "model_stages", "pool_start_error", "prepare_augment", "run_augment_stage", "stage_classes", "stage_order",
+           "augment_complete", "finished_ids", "merge_counts", "model_stages", "pool_cpus", "pool_start_error", "prepare_augment", "run_augment_stage", "stage_classes", "stage_order",
            "write_part"]

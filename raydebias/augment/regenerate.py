@@ -149,18 +149,18 @@ class Regenerate:
     def _prompt_ids(self, post: str, masked_summary: str) -> tuple[list[int], bool]:
         """Token ids of the prompt and whether the post was cut; only the post is ever shortened."""
         head, tail = f"{INSTRUCTION}\nPost: ", f"\nSummary: {masked_summary}"
-        ids = self.tokenizer(head + post + tail)["input_ids"]
+        ids = self.tokenizer(head + post + tail, verbose=False)["input_ids"]
         if len(ids) <= self.max_len:
             return ids, False
-        fixed = len(self.tokenizer(head + tail)["input_ids"])
+        fixed = len(self.tokenizer(head + tail, verbose=False)["input_ids"])
         if fixed > self.max_len:
             raise _SummaryTooLong(f"the instruction and masked summary alone take {fixed} tokens "
                                   f"> max input length {self.max_len}")
-        offsets = self.tokenizer(post, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        offsets = self.tokenizer(post, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
         keep = min(self.max_len - fixed, len(offsets))
         while True:  # tokens at the cut can merge differently in context: shrink until it fits
             cut = offsets[keep - 1][1] if keep > 0 else 0
-            ids = self.tokenizer(head + post[:cut] + tail)["input_ids"]
+            ids = self.tokenizer(head + post[:cut] + tail, verbose=False)["input_ids"]
             if len(ids) <= self.max_len or keep == 0:
                 return ids, True
             keep = max(0, keep - (len(ids) - self.max_len))

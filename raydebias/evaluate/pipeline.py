@@ -232,7 +232,7 @@ class Score:
 
     def score(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One dict of scores per result row (raises if a scorer fails on the batch)."""
-        from raydebias.evaluate.truthfulqa import rouge
+        from raydebias.evaluate.tasks.truthfulqa import rouge
 
         res: list[dict[str, Any]] = [{} for _ in rows]
         gen = [i for i, r in enumerate(rows) if r[T.TASK] in T.GENERATIVE]
@@ -255,25 +255,13 @@ class Score:
 
 
 def read_benchmarks(cfg: Config, out: Any) -> dict[str, list[dict[str, Any]]]:
-    """The rows of every configured benchmark, read once for all evaluated models."""
-    from raydebias.evaluate.sources import read_rows
-
+    """The rows of every configured benchmark (``evaluate.tasks``), read once for all evaluated models, as
+    {row set: rows} (each benchmark's ``read``; TL;DR's are the data stage's held-out split in ``out``)."""
     e = cfg.evaluate
     rows: dict[str, list[dict[str, Any]]] = {}
-    if "tldr" in e.tasks:
-        src = out.sources_dir("eval")
-        if not src.complete:
-            from raydebias.data import run_data_stage
-
-            run_data_stage(cfg, out)
-        rows["tldr"] = src.read_table().to_pylist() if src.glob("*.parquet") else []
-    if "truthfulqa" in e.tasks:
-        rows["truthfulqa_gen"], rows["truthfulqa_mc1"] = read_rows(e.truthfulqa_source), read_rows(e.truthfulqa_mc_source)
-    if "rtp" in e.tasks:
-        rows["rtp"] = read_rows(e.rtp_source)
-    if "mmlu_pro" in e.tasks:
-        rows["mmlu_pro"] = read_rows(e.mmlu_pro_source, "test")
-        rows["mmlu_pro_validation"] = read_rows(e.mmlu_pro_source, "validation")
+    for name, bench in T.BENCHMARKS.items():
+        if name in e.tasks:
+            rows.update(bench.read(e, out))
     return rows
 
 
@@ -286,28 +274,15 @@ def build_requests(bench: dict[str, list[dict[str, Any]]], cfg: Config, budget: 
     reqs: list[dict] = []
     bad: list[dict] = []
     rows_in: dict[str, int] = {}
-    if "tldr" in bench:
-        reqs += T.tldr_requests(bench["tldr"], e)  # the data stage already quarantined bad rows (quarantine/data)
-        rows_in["tldr"] = len(T.limit_rows(bench["tldr"], e))
-    if "truthfulqa_gen" in bench:
-        r, b = T.truthfulqa_requests(bench["truthfulqa_gen"], bench["truthfulqa_mc1"], e)
-        reqs += r
-        bad += b
-        rows_in["truthfulqa_gen"] = len(T.limit_rows(bench["truthfulqa_gen"], e))
-        rows_in["truthfulqa_mc1"] = len(T.limit_rows(bench["truthfulqa_mc1"], e))
-    if "rtp" in bench:
-        r, b = T.rtp_requests(bench["rtp"], e)
-        reqs += r
-        bad += b
-        rows_in["rtp"] = len(T.limit_rows(bench["rtp"], e))
-    if "mmlu_pro" in bench:
-        r, b = T.mmlu_pro_requests(bench["mmlu_pro"], bench["mmlu_pro_validation"], e, budget)
-        reqs += r
-        bad += b
-        rows_in["mmlu_pro"] = len(T.limit_rows(bench["mmlu_pro"], e))
+    for b in T.BENCHMARKS.values():
+        if b.ROWS[0] in bench:
+            r, q, n = b.from_bench(bench, e, budget)
+            reqs += r
+            bad += q
+            rows_in.update(n)
     if budget is not None:
-        reqs, b = T.fit_requests(reqs, budget)
-        bad += b
+        reqs, q = T.fit_requests(reqs, budget)
+        bad += q
     return pa.Table.from_pylist(reqs, schema=T.REQUEST_SCHEMA), bad, rows_in
 
 
@@ -327,11 +302,12 @@ def model_budget(model: str, e: EvalConfig) -> T.Budget:
         clamp_max_new_tokens(1, context, e.min_prompt_tokens)
     except ValueError as exc:
         raise ConfigError(f"evaluate.min_prompt_tokens: {model}: {exc}") from exc
-    for key in ("max_new_tokens", "truthfulqa_max_new_tokens", "rtp_max_new_tokens", "mmlu_pro_max_new_tokens"):
-        asked = getattr(e, key)
+    for name in T.BENCHMARKS:
+        asked = getattr(e, name).max_new_tokens
         if (got := clamp_max_new_tokens(asked, context, e.min_prompt_tokens)) < asked:
-            log.warning("evaluate: %s has %d positions: evaluate.%s=%d is clamped to %d (evaluate.min_prompt_tokens"
-                        "=%d keeps the rest for the prompt)", model, context, key, asked, got, e.min_prompt_tokens)
+            log.warning("evaluate: %s has %d positions: evaluate.%s.max_new_tokens=%d is clamped to %d "
+                        "(evaluate.min_prompt_tokens=%d keeps the rest for the prompt)", model, context, name, asked,
+                        got, e.min_prompt_tokens)
     return T.Budget(context, e.min_prompt_tokens, lambda prompt: len(tok(prompt)["input_ids"]))
 
 
@@ -341,21 +317,17 @@ def run_model(requests: pa.Table, model: str, cfg: Config, use_gpu: bool) -> lis
     if requests.num_rows == 0:
         return []
     import ray.data
-    from ray.data import ActorPoolStrategy
+
+    from raydebias.pools import actor_pool
 
     e = cfg.evaluate
-    g, s = e.generate, e.score
+    g = e.generate
     ds = ray.data.from_arrow(requests).repartition(max(1, min(requests.num_rows // g.batch_size, 64)))
-    ds = ds.map_batches(Generate, batch_format="pyarrow", batch_size=g.batch_size,
-                        compute=ActorPoolStrategy(size=g.actors), num_cpus=g.num_cpus,
-                        num_gpus=g.num_gpus if use_gpu else 0,
-                        fn_constructor_kwargs={"model": model, "backend": e.backend, "use_gpu": use_gpu,
-                                               "gpu_fraction": g.num_gpus, "seed": cfg.seed,
-                                               "min_prompt_tokens": e.min_prompt_tokens})
-    ds = ds.map_batches(Score, batch_format="pyarrow", batch_size=s.batch_size,
-                        compute=ActorPoolStrategy(size=s.actors), num_cpus=s.num_cpus,
-                        num_gpus=s.num_gpus if use_gpu else 0,
-                        fn_constructor_kwargs={"cfg": e, "toxicity": cfg.augment.toxicity, "use_gpu": use_gpu})
+    ds = actor_pool(ds, Generate, g, use_gpu, name="generate", constructor_kwargs={
+        "model": model, "backend": e.backend, "use_gpu": use_gpu, "gpu_fraction": g.num_gpus, "seed": cfg.seed,
+        "min_prompt_tokens": e.min_prompt_tokens})
+    ds = actor_pool(ds, Score, e.score, use_gpu, name="score", constructor_kwargs={
+        "cfg": e, "toxicity": cfg.augment.toxicity, "use_gpu": use_gpu})
     return ds.take_all()
 
 

@@ -1,4 +1,6 @@
-"""The training loop each worker runs, top to bottom (SPEC §3-§5; paper Section 4.3, App. F).
+"""The training loop each worker runs, top to bottom (SPEC §3-§5; paper Section 4.3, App. F), in the
+phases :func:`run_worker` calls in order (``setup``, ``resume``, ``train_epoch``, ``validate``,
+``checkpoint``):
 
     LM + head built on the META device -> [activation checkpointing per block] -> FSDP2 fully_shard per
     block, then the root -> storage on the device (to_empty) -> weights read ONCE, by rank 0, and
@@ -40,6 +42,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,7 +53,7 @@ from raydebias.config import Config
 from raydebias.train.batching import Batch, Collator
 from raydebias.train.checkpoint import STATE_META, export_hf, load_sharded, save_sharded
 from raydebias.train.distributed import Comm
-from raydebias.train.loss import contrastive_accuracy, contrastive_loss, lm_loss, weighted_contrastive_loss
+from raydebias.train.loss import ContrastiveDebiasLoss, LossOutput
 from raydebias.train.model import ContrastiveLM, transformer_blocks
 
 log = logging.getLogger(__name__)
@@ -166,21 +169,54 @@ class WarmupLinear:
         return max(0.0, (self.total - step) / max(1, self.total - self.warmup))
 
 
-def step_losses(model: ContrastiveLM, batch: Batch, cfg: Config) -> dict[str, torch.Tensor]:
-    """One forward: L_ce (eq. 6), L_cl with w_tox (eq. 7-9), total, and accuracy counts."""
-    t = cfg.train
+def batch_losses(model: ContrastiveLM, batch: Batch, loss_fn: ContrastiveDebiasLoss) -> LossOutput:
+    """One forward of ``model`` on ``batch`` and its losses: L_ce (eq. 6), L_cl with w_tox (eq. 7-9), total,
+    and the contrastive accuracy counts."""
     reps, logits = model(batch.input_ids, batch.attention_mask, batch.pool_mask, batch.lm_rows)
-    l_ce, n_lm = lm_loss(logits.float(), batch.labels, t.label_smoothing)
-    reps = reps.float()
-    if t.toxic_weight_scope == "group":
-        w = torch.where(batch.group_toxic, t.toxic_weight, 1.0).to(reps)
-        l_cl = weighted_contrastive_loss(reps, batch.group, batch.positive, t.tau, w)
-    else:  # the paper: w_tox for the whole batch when any of its negatives is a toxic rewrite
-        w_tox = t.toxic_weight if bool(batch.group_toxic.any()) else 1.0
-        l_cl = w_tox * contrastive_loss(reps, batch.group, batch.positive, t.tau)
-    correct, pairs = contrastive_accuracy(reps.detach(), batch.group, batch.positive)
-    return {"l_ce": l_ce, "l_cl": l_cl, "loss": l_ce + t.alpha * l_cl, "correct": correct, "pairs": pairs,
-            "lm_tokens": n_lm}
+    return loss_fn(logits, batch.labels, reps, batch.group, batch.positive, batch.group_toxic)
+
+
+def step_losses(model: ContrastiveLM, batch: Batch, cfg: Config) -> dict[str, Any]:
+    """:func:`batch_losses` with the loss built from ``cfg.train``, as a dict (``loss``, ``l_ce``, ``l_cl``,
+    ``lm_tokens``, ``correct``, ``pairs``): for callers outside the loop (``bench/``)."""
+    return dict(vars(batch_losses(model, batch, ContrastiveDebiasLoss.from_config(cfg.train))))
+
+
+@dataclass
+class LossSums:
+    """Sums over the batches that held data (a filler batch adds nothing), reduced to the reported means.
+    One layout for the steps, the epochs and validation; fields are floats so that :meth:`all_reduce` sums
+    them in one collective."""
+
+    l_ce: float = 0.0
+    l_cl: float = 0.0
+    loss: float = 0.0
+    correct: float = 0.0  # positive pairs ranked above every negative of their group
+    pairs: float = 0.0
+    tokens: float = 0.0  # attention-mask tokens of the batches (throughput)
+    batches: float = 0.0
+
+    @classmethod
+    def of(cls, out: LossOutput, n_tokens: int) -> LossSums:
+        """One batch's values."""
+        return cls(out.l_ce.item(), out.l_cl.item(), out.loss.item(), float(out.correct), float(out.pairs),
+                   float(n_tokens), 1.0)
+
+    def values(self) -> list[float]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+    def __add__(self, other: LossSums) -> LossSums:
+        return LossSums(*(a + b for a, b in zip(self.values(), other.values(), strict=True)))
+
+    def all_reduce(self, comm: Comm) -> LossSums:
+        """The sums over every rank (one collective, on the model's device through ``comm``)."""
+        return LossSums(*comm.sum(self.values()))
+
+    def means(self, prefix: str = "") -> dict[str, float]:
+        """``l_ce``, ``l_cl``, ``loss`` per batch and ``contrastive_accuracy`` per pair (NaN without pairs)."""
+        n = max(self.batches, 1)
+        return {f"{prefix}l_ce": self.l_ce / n, f"{prefix}l_cl": self.l_cl / n, f"{prefix}loss": self.loss / n,
+                f"{prefix}contrastive_accuracy": self.correct / self.pairs if self.pairs > 0 else float("nan")}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -289,13 +325,106 @@ class LocalSession:
     @contextlib.contextmanager
     def latest_checkpoint(self) -> Iterator[Path | None]:
         Comm(self.device).barrier()  # every rank's files of the last checkpoint are in place
-        done = [p.parent for p in self.root.glob(f"step-*/{STATE_META}")]
-        yield max(done, key=lambda p: p.name.split("-")[1]) if done else None
+        metas = list(self.root.glob(f"step-*/{STATE_META}"))
+        # the newest: by step, then by when it was written (an epoch-end checkpoint may share its step with
+        # a mid-epoch one written just before it; the random suffix of the name must not decide)
+        yield max(metas, key=lambda p: (p.parent.name.split("-")[1], p.stat().st_mtime_ns)).parent if metas else None
 
 
 # --------------------------------------------------------------------------------------------------
-# The loop
+# The loop, in phases: setup -> resume -> per epoch (train_epoch -> validate -> checkpoint) -> export
 # --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    """What :func:`setup` builds once per attempt on this rank: the model and everything that steps it."""
+
+    cfg: Config
+    loop_config: dict[str, Any]
+    session: Session
+    comm: Comm
+    precision: str  # the one actually used (resolve_precision)
+    model: ContrastiveLM
+    tok: Any
+    collate: Collator
+    filler: Batch  # stepped (loss x 0) by a rank whose shard ran out while others still train
+    loss_fn: ContrastiveDebiasLoss
+    optimizer: torch.optim.Optimizer
+    schedule: WarmupLinear
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: Any  # ShardedGradScaler under fp16, else None
+
+    @property
+    def device(self) -> torch.device:
+        return self.session.device
+
+
+@dataclass
+class Progress:
+    """Where training stands: what a checkpoint records (meta.json) and :func:`resume` restores."""
+
+    step: int = 0
+    epoch: int = 0
+    # ids of this epoch trained before this attempt (all ranks), and by this rank since the epoch (or the
+    # resume) started
+    consumed: set[str] = field(default_factory=set)
+    mine: list[str] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # every step's and epoch's metrics
+    epoch_steps: int | None = None  # steps of the first epoch, once known
+    resumes: list[dict] = field(default_factory=list)  # every (re)start from a checkpoint: a new job run or a
+    # worker-group restart
+    memory: list[dict] = field(default_factory=list)  # memory_stats of every rank at the last epoch end
+    recorded: bool = True  # whether the last checkpoint records this attempt's resume
+
+
+def setup(cfg: Config, loop_config: dict[str, Any], session: Session) -> Worker:
+    """Model (FSDP2, weights from rank 0), collator, loss, AdamW + warm-up schedule [+ grad scaler]."""
+    t = cfg.train
+    device = session.device
+    comm = Comm(device)
+    precision = resolve_precision(t.precision, t.bf16_when_supported, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model, tok = build_model(cfg, device, precision, comm)
+    collate = Collator(tok, t.max_length, t.max_positives, t.max_negatives, cfg.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    # an estimate (shards are uneven): the first epoch's real length corrects it (run_worker)
+    steps_per_epoch = max(1, math.ceil(loop_config["rows"] / (session.world * t.groups_per_batch)))
+    schedule = WarmupLinear(t.warmup_steps, steps_per_epoch * t.epochs)
+    scaler = None
+    if precision == "fp16":  # fp16 gradients underflow without loss scaling; bf16 needs none
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        scaler = ShardedGradScaler(device=device.type)
+    return Worker(cfg=cfg, loop_config=loop_config, session=session, comm=comm, precision=precision, model=model,
+                  tok=tok, collate=collate, filler=collate.filler(), loss_fn=ContrastiveDebiasLoss.from_config(t),
+                  optimizer=optimizer, schedule=schedule,
+                  scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), scaler=scaler)
+
+
+def resume(w: Worker) -> Progress:
+    """From the session's last checkpoint, if any: each rank loads its own shards (model, optimizer), then
+    scheduler, scaler, step, epoch and the ids of the epoch consumed; a finished epoch moves on to the next."""
+    with w.session.latest_checkpoint() as ckpt_dir:
+        if ckpt_dir is None:
+            return Progress()
+        state = load_sharded(ckpt_dir, w.model, w.optimizer)
+    w.scheduler.load_state_dict(state["scheduler"])
+    if state.get("epoch_steps"):  # epochs may change between attempts: re-aim the decay
+        w.schedule.total = state["epoch_steps"] * w.cfg.train.epochs
+    if w.scaler is not None and state.get("scaler"):
+        w.scaler.load_state_dict(state["scaler"])
+    p = Progress(step=state["step"], epoch=state["epoch"], consumed=set(state["consumed"]),
+                 history=state["history"], epoch_steps=state.get("epoch_steps"), recorded=False)
+    p.resumes = [*state.get("resumes", []), {"step": p.step, "epoch": p.epoch, "epoch_done": state["epoch_done"],
+                                             "groups_done": len(p.consumed), "world_size": w.session.world}]
+    if state["epoch_done"]:
+        p.epoch, p.consumed = p.epoch + 1, set()
+    if w.session.rank == 0:
+        log.warning("train: resumed from checkpoint at step %d (epoch %d, %d groups of it done)",
+                    p.step, p.epoch, len(p.consumed))
+    return p
 
 
 def _next_rows(it: Iterator[pa.Table], skip: set[str]) -> list[dict] | None:
@@ -307,34 +436,112 @@ def _next_rows(it: Iterator[pa.Table], skip: set[str]) -> list[dict] | None:
     return None
 
 
-def validate(model: ContrastiveLM, collate: Collator, session: Session, comm: Comm, cfg: Config,
-             filler: Batch) -> dict[str, float]:
+def _rows_while_any(w: Worker, it: Iterator[pa.Table], skip: set[str]) -> Iterator[list[dict] | None]:
+    """This rank's next rows (None once its shard is exhausted) for as long as ANY rank still has data:
+    the uneven-shard handshake, one collective per step. A rank that gets None steps on the filler batch."""
+    while True:
+        rows = _next_rows(it, skip)
+        if not w.comm.any(rows is not None):
+            return
+        yield rows
+
+
+def _batch(w: Worker, rows: list[dict] | None, epoch: int) -> Batch:
+    return (w.filler if rows is None else w.collate(rows, epoch)).to(w.device)
+
+
+def optimizer_step(w: Worker, loss: torch.Tensor) -> None:
+    """backward [scaled under fp16] -> clip -> AdamW -> schedule -> zero grads."""
+    t, opt, scaler = w.cfg.train, w.optimizer, w.scaler
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+    else:
+        loss.backward()
+    if t.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(w.model.parameters(), t.grad_clip)
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    w.scheduler.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def train_epoch(w: Worker, p: Progress) -> dict[str, Any]:
+    """One epoch over this rank's shard (epoch 0 from the live stream when ``streamed``), skipping the ids
+    a resumed epoch already consumed. Reports every step's metrics (every ``report_every_steps``) and
+    checkpoints every ``checkpoint_every_steps``; returns the epoch's metrics."""
+    t = w.cfg.train
+    name = STREAM if p.epoch == 0 and w.loop_config["streamed"] else TRAIN
+    it = w.session.batches(name, t.groups_per_batch, None if name == STREAM else w.cfg.seed + p.epoch)
+    sums = LossSums()
+    t_epoch = time.perf_counter()
+    for rows in _rows_while_any(w, it, p.consumed):
+        t0 = time.perf_counter()
+        batch = _batch(w, rows, p.epoch)
+        out = batch_losses(w.model, batch, w.loss_fn)
+        optimizer_step(w, out.loss * (0.0 if rows is None else 1.0))
+        p.step += 1
+        if rows is not None:
+            p.mine.extend(r["id"] for r in rows)
+        local = (LossSums() if rows is None else LossSums.of(out, batch.n_tokens)).all_reduce(w.comm)
+        sums = sums + local
+        dt = time.perf_counter() - t0
+        metrics = {"step": p.step, "epoch": p.epoch, **local.means(), "tokens_per_s": local.tokens / dt,
+                   "lr": w.scheduler.get_last_lr()[0]}
+        p.history.append(metrics)
+        if t.checkpoint_every_steps and p.step % t.checkpoint_every_steps == 0:
+            checkpoint(w, p, metrics, epoch_done=False)
+        elif p.step % t.report_every_steps == 0:
+            w.session.report(metrics)
+        if w.session.rank == 0 and p.step % t.report_every_steps == 0:
+            log.info("train: %s", json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+    return {"step": p.step, "epoch": p.epoch, "epoch_done": True, **sums.means(),
+            "tokens_per_s": sums.tokens / (time.perf_counter() - t_epoch)}
+
+
+def validate(w: Worker) -> dict[str, float]:
     """Losses on this rank's shard of held-out groups, forward only, summed over all ranks.
 
     Every rank takes part in every forward (FSDP2 all-gathers parameters), so ranks whose shard is
     exhausted run the filler batch, as in training. Negatives are sampled as in epoch 0 every time,
     so validation sees the same groups each epoch.
     """
-    model.eval()
-    sums = [0.0] * 6  # l_ce, l_cl, loss, correct, pairs, real batches
-    it = session.batches(VAL, cfg.train.groups_per_batch, None)
+    w.model.eval()
+    sums = LossSums()
     with torch.no_grad():
-        while True:
-            rows = _next_rows(it, set())
-            if not comm.any(rows is not None):
-                break
-            out = step_losses(model, (filler if rows is None else collate(rows, 0)).to(session.device), cfg)
+        for rows in _rows_while_any(w, w.session.batches(VAL, w.cfg.train.groups_per_batch, None), set()):
+            batch = _batch(w, rows, 0)
+            out = batch_losses(w.model, batch, w.loss_fn)
             if rows is not None:
-                for k, v in enumerate((out["l_ce"].item(), out["l_cl"].item(), out["loss"].item(), out["correct"],
-                                       out["pairs"], 1.0)):
-                    sums[k] += float(v)
-    model.train()
-    sums = comm.sum(sums)
-    n = sums[5]
-    if n == 0:
+                sums = sums + LossSums.of(out, batch.n_tokens)
+    w.model.train()
+    sums = sums.all_reduce(w.comm)
+    if sums.batches == 0:
         raise RuntimeError("train: validation was requested but the validation dataset is empty")
-    return {"val_l_ce": sums[0] / n, "val_l_cl": sums[1] / n, "val_loss": sums[2] / n,
-            "val_contrastive_accuracy": sums[3] / sums[4] if sums[4] > 0 else float("nan")}
+    return sums.means(prefix="val_")
+
+
+def checkpoint(w: Worker, p: Progress, metrics: dict[str, Any], epoch_done: bool) -> None:
+    """Report ``metrics`` with a sharded checkpoint: every rank saves its shards, rank 0 the meta (step,
+    epoch, the ids of the epoch consumed by all ranks, history, resumes, memory). Adds ``groups_done`` to
+    ``metrics`` (the dict in the history too)."""
+    p.recorded = True
+    rank = w.session.rank
+    done = sorted(p.consumed.union(*w.comm.gather_objects(p.mine)))
+    metrics["groups_done"] = len(done)  # groups of this epoch trained so far, all ranks (also in history)
+    # One name for every rank's part (Ray merges them into that directory), unique per report: after
+    # a restart the same step is checkpointed again, and Ray's checkpoint manager would otherwise
+    # register one directory twice and later delete it twice.
+    name = w.comm.broadcast_object(f"step-{p.step:07d}-{uuid.uuid4().hex[:8]}" if rank == 0 else None)
+    meta = {"step": p.step, "epoch": p.epoch, "epoch_done": epoch_done, "consumed": done, "precision": w.precision,
+            "epoch_steps": p.epoch_steps, "train_config": w.loop_config["train_config"], "history": p.history,
+            "resumes": p.resumes, "world_size": w.session.world, "memory": p.memory}
+    with tempfile.TemporaryDirectory(prefix="raydebias-ckpt-") as tmp:
+        save_sharded(Path(tmp), w.model, w.optimizer, w.scheduler, w.scaler, meta, rank)
+        w.session.report(metrics, checkpoint_dir=Path(tmp), name=name)
 
 
 def memory_stats(model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> dict[str, int]:
@@ -365,137 +572,33 @@ def run_worker(cfg: Config, loop_config: dict[str, Any], session: Session) -> No
     schedule), ``streamed`` (epoch 0 from STREAM), ``validate``, ``train_config`` (recorded in the
     checkpoint), ``export_to`` (a StoragePath URI for the final model, or None)."""
     t = cfg.train
-    rank, world, device = session.rank, session.world, session.device
-    comm = Comm(device)
-    precision = resolve_precision(t.precision, t.bf16_when_supported, device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    model, tok = build_model(cfg, device, precision, comm)
-    collate = Collator(tok, t.max_length, t.max_positives, t.max_negatives, cfg.seed)
-
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    steps_per_epoch = max(1, math.ceil(loop_config["rows"] / (world * t.groups_per_batch)))
-    schedule = WarmupLinear(t.warmup_steps, steps_per_epoch * t.epochs)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    scaler = None
-    if precision == "fp16":  # fp16 gradients underflow without loss scaling; bf16 needs none
-        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
-
-        scaler = ShardedGradScaler(device=device.type)
-
-    step, epoch, consumed, history, epoch_steps = 0, 0, set(), [], None
-    resumes: list[dict] = []  # every (re)start from a checkpoint: a new job run, or a worker-group restart
-    with session.latest_checkpoint() as ckpt_dir:
-        if ckpt_dir is not None:
-            state = load_sharded(ckpt_dir, model, optimizer)
-            scheduler.load_state_dict(state["scheduler"])
-            if state.get("epoch_steps"):  # epochs may change between attempts: re-aim the decay
-                schedule.total = state["epoch_steps"] * t.epochs
-            if scaler is not None and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            step, epoch, consumed, history = state["step"], state["epoch"], set(state["consumed"]), state["history"]
-            epoch_steps = state.get("epoch_steps")
-            resumes = [*state.get("resumes", []), {"step": step, "epoch": epoch, "epoch_done": state["epoch_done"],
-                                                    "groups_done": len(consumed), "world_size": world}]
-            if state["epoch_done"]:
-                epoch, consumed = epoch + 1, set()
-            if rank == 0:
-                log.warning("train: resumed from checkpoint at step %d (epoch %d, %d groups of it done)",
-                            step, epoch, len(consumed))
-    filler = collate.filler()
-    mine: list[str] = []  # ids this rank consumed since the epoch (or the resume) started
-    memory: list[dict] = []
-    recorded = not resumes  # whether the last checkpoint records this attempt's resume
-
-    def checkpoint(metrics: dict, epoch_done: bool) -> None:
-        nonlocal recorded
-        recorded = True
-        done = sorted(consumed.union(*comm.gather_objects(mine)))
-        metrics["groups_done"] = len(done)  # groups of this epoch trained so far, all ranks (also in history)
-        # One name for every rank's part (Ray merges them into that directory), unique per report: after
-        # a restart the same step is checkpointed again, and Ray's checkpoint manager would otherwise
-        # register one directory twice and later delete it twice.
-        name = comm.broadcast_object(f"step-{step:07d}-{uuid.uuid4().hex[:8]}" if rank == 0 else None)
-        meta = {"step": step, "epoch": epoch, "epoch_done": epoch_done, "consumed": done, "precision": precision,
-                "epoch_steps": epoch_steps, "train_config": loop_config["train_config"], "history": history,
-                "resumes": resumes, "world_size": world, "memory": memory}
-        with tempfile.TemporaryDirectory(prefix="raydebias-ckpt-") as tmp:
-            save_sharded(Path(tmp), model, optimizer, scheduler, scaler, meta, rank)
-            session.report(metrics, checkpoint_dir=Path(tmp), name=name)
-
-    while epoch < t.epochs:
-        name = STREAM if epoch == 0 and loop_config["streamed"] else TRAIN
-        it = session.batches(name, t.groups_per_batch, None if name == STREAM else cfg.seed + epoch)
-        sums = [0.0] * 7  # l_ce, l_cl, loss, correct, pairs, tokens, steps
-        t_epoch = time.perf_counter()
-        while True:
-            rows = _next_rows(it, consumed)
-            if not comm.any(rows is not None):
-                break
-            t0 = time.perf_counter()
-            batch = (filler if rows is None else collate(rows, epoch)).to(device)
-            out = step_losses(model, batch, cfg)
-            loss = out["loss"] * (0.0 if rows is None else 1.0)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if rows is not None:
-                mine.extend(r["id"] for r in rows)
-            real = 0.0 if rows is None else 1.0
-            local = comm.sum([out["l_ce"].item() * real, out["l_cl"].item() * real, out["loss"].item() * real,
-                              out["correct"] * real, out["pairs"] * real, batch.n_tokens * real, real])
-            sums = [a + b for a, b in zip(sums, local, strict=True)]
-            dt = time.perf_counter() - t0
-            n_real = max(local[6], 1)
-            metrics = {"step": step, "epoch": epoch, "l_ce": local[0] / n_real, "l_cl": local[1] / n_real,
-                       "loss": local[2] / n_real,
-                       "contrastive_accuracy": local[3] / local[4] if local[4] > 0 else float("nan"),
-                       "tokens_per_s": local[5] / dt, "lr": scheduler.get_last_lr()[0]}
-            history.append(metrics)
-            if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
-                checkpoint(metrics, epoch_done=False)
-            elif step % t.report_every_steps == 0:
-                session.report(metrics)
-            if rank == 0 and step % t.report_every_steps == 0:
-                log.info("train: %s", json.dumps({k: round(v, 4) for k, v in metrics.items()}))
-        n = max(sums[6], 1)
-        epoch_metrics = {"step": step, "epoch": epoch, "epoch_done": True,
-                         "l_ce": sums[0] / n, "l_cl": sums[1] / n, "loss": sums[2] / n,
-                         "contrastive_accuracy": sums[3] / sums[4] if sums[4] > 0 else float("nan"),
-                         "tokens_per_s": sums[5] / (time.perf_counter() - t_epoch)}
+    w = setup(cfg, loop_config, session)
+    p = resume(w)
+    while p.epoch < t.epochs:
+        metrics = train_epoch(w, p)
         if loop_config.get("validate"):
-            epoch_metrics |= validate(model, collate, session, comm, cfg, filler)
-            if rank == 0:
-                log.info("train: epoch %d validation %s", epoch,
-                         json.dumps({k: round(v, 4) for k, v in epoch_metrics.items() if k.startswith("val_")}))
-        history.append(epoch_metrics)
-        if epoch == 0:  # the first epoch's real length (all ranks agree on it) sets the schedule
-            epoch_steps = step
-            schedule.total = epoch_steps * t.epochs
-        memory = [{"rank": r, **m} for r, m in enumerate(comm.gather_objects(memory_stats(model, optimizer, device)))]
-        checkpoint(epoch_metrics, epoch_done=True)
-        epoch, consumed, mine = epoch + 1, set(), []
+            val = validate(w)
+            metrics |= val
+            if session.rank == 0:
+                log.info("train: epoch %d validation %s", p.epoch,
+                         json.dumps({k: round(v, 4) for k, v in val.items()}))
+        p.history.append(metrics)
+        if p.epoch == 0:  # the first epoch's real length (all ranks agree on it) sets the schedule
+            p.epoch_steps = p.step
+            w.schedule.total = p.epoch_steps * t.epochs
+        stats = w.comm.gather_objects(memory_stats(w.model, w.optimizer, w.device))
+        p.memory = [{"rank": r, **m} for r, m in enumerate(stats)]
+        checkpoint(w, p, metrics, epoch_done=True)
+        p.epoch, p.consumed, p.mine = p.epoch + 1, set(), []
 
-    if not recorded:  # restarted after the last checkpoint (e.g. during the export): keep the resume on record
-        epoch = t.epochs - 1
-        checkpoint({**(history[-1] if history else {"step": step, "epoch": epoch}), "epoch_done": True},
-                   epoch_done=True)
+    if not p.recorded:  # restarted after the last checkpoint (e.g. during the export): keep the resume on record
+        p.epoch = t.epochs - 1
+        last = p.history[-1] if p.history else {"step": p.step, "epoch": p.epoch}
+        checkpoint(w, p, {**last, "epoch_done": True}, epoch_done=True)
     if loop_config.get("export_to"):
         from raydebias.storage import StoragePath
 
-        export_hf(model, tok, precision, t.proj_dim, StoragePath.of(loop_config["export_to"]), rank)
+        export_hf(w.model, w.tok, w.precision, t.proj_dim, StoragePath.of(loop_config["export_to"]), session.rank)
 
 
 def run_local(cfg: Config, rows: list[dict[str, Any]], root: Path, device: torch.device | str = "cpu", *,
@@ -533,6 +636,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     run_worker(cfg, loop_config, RaySession())
 
 
-__all__ = ["STREAM", "TRAIN", "VAL", "LocalSession", "RaySession", "Session", "WarmupLinear", "bf16_supported",
-           "build_model", "memory_stats", "resolve_precision", "run_local", "run_worker", "step_losses", "train_loop_per_worker",
-           "validate"]
+__all__ = ["STREAM", "TRAIN", "VAL", "LocalSession", "LossSums", "Progress", "RaySession", "Session", "WarmupLinear",
+           "Worker", "batch_losses", "bf16_supported", "build_model", "checkpoint", "memory_stats", "optimizer_step",
+           "resolve_precision", "resume", "run_local", "run_worker", "setup", "step_losses", "train_epoch",
+           "train_loop_per_worker", "validate"]

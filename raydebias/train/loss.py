@@ -1,9 +1,14 @@
-"""The training losses (paper Section 4.3, eq. 6-9; SPEC §4). Pure functions of tensors, no config.
+"""The training losses (paper Section 4.3, eq. 6-9; SPEC §4): pure functions of tensors, and
+:class:`ContrastiveDebiasLoss`, the module that assembles them into L = L_ce + alpha * w_tox * L_cl from
+plain values (alpha, tau, w_tox and its scope, label smoothing), built once and called on tensors.
 
-Shapes: N candidates in a batch, D projection size, T tokens, V vocabulary.
+Shapes: N candidates in a batch, D projection size, T tokens, V vocabulary, G groups, R reference rows.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -106,4 +111,78 @@ def lm_loss(logits: Tensor, labels: Tensor, label_smoothing: float) -> tuple[Ten
     return total / n, n
 
 
-__all__ = ["contrastive_accuracy", "contrastive_loss", "lm_loss", "positive_pair_nll", "weighted_contrastive_loss"]
+@dataclass
+class LossOutput:
+    """One batch's losses. ``loss``, ``l_ce``, ``l_cl``: () tensors with a graph (``l_cl`` includes w_tox);
+    ``lm_tokens``: tokens in L_ce; ``correct`` / ``pairs``: :func:`contrastive_accuracy`'s counts."""
+
+    loss: Tensor
+    l_ce: Tensor
+    l_cl: Tensor
+    lm_tokens: int
+    correct: int
+    pairs: int
+
+
+class ContrastiveDebiasLoss(torch.nn.Module):
+    """L = L_ce + alpha * L_cl, L_cl = w_tox * InfoNCE over positive pairs (eq. 6-9; SPEC §4).
+
+    Args:
+        alpha: weight of the contrastive term (eq. 6), >= 0; 0 trains on L_ce alone.
+        tau: InfoNCE temperature (eq. 8), > 0.
+        toxic_weight: w_tox (eq. 7), applied where a negative is a toxic rewrite.
+        scope: ``"batch"`` (the paper: w_tox scales the whole batch's L_cl when any of its groups holds a
+            toxic negative) or ``"group"`` (w_tox scales only the pairs of such groups).
+        label_smoothing: of L_ce.
+
+    Holds no parameters; the losses are computed in fp32 whatever the model's compute dtype.
+    """
+
+    def __init__(self, alpha: float = 4.0, tau: float = 1.0, toxic_weight: float = 1.5,
+                 scope: Literal["batch", "group"] = "batch", label_smoothing: float = 0.1):
+        super().__init__()
+        if alpha < 0:
+            raise ValueError(f"ContrastiveDebiasLoss: alpha must be >= 0, got {alpha}")
+        if tau <= 0:
+            raise ValueError(f"ContrastiveDebiasLoss: tau must be > 0, got {tau}")
+        if scope not in ("batch", "group"):
+            raise ValueError(f"ContrastiveDebiasLoss: scope must be 'batch' or 'group', got {scope!r}")
+        self.alpha, self.tau, self.toxic_weight = alpha, tau, toxic_weight
+        self.scope, self.label_smoothing = scope, label_smoothing
+
+    @classmethod
+    def from_config(cls, train_cfg: Any) -> ContrastiveDebiasLoss:
+        """From ``Config.train`` (its alpha, tau, toxic_weight, toxic_weight_scope, label_smoothing)."""
+        return cls(alpha=train_cfg.alpha, tau=train_cfg.tau, toxic_weight=train_cfg.toxic_weight,
+                   scope=train_cfg.toxic_weight_scope, label_smoothing=train_cfg.label_smoothing)
+
+    def extra_repr(self) -> str:
+        return (f"alpha={self.alpha}, tau={self.tau}, toxic_weight={self.toxic_weight}, scope={self.scope!r}, "
+                f"label_smoothing={self.label_smoothing}")
+
+    def forward(self, logits: Tensor, labels: Tensor, reps: Tensor, group: Tensor, positive: Tensor,
+                group_toxic: Tensor) -> LossOutput:
+        """
+        Args:
+            logits: (R, T, V) LM logits of the reference rows (one per group).
+            labels: (R, T) long, -100 outside the reference summary tokens.
+            reps: (N, D) L2-normalised candidate representations (eq. 5).
+            group: (N,) long in [0, G).
+            positive: (N,) bool.
+            group_toxic: (G,) bool, the group's negatives include a toxic rewrite.
+        """
+        l_ce, n_lm = lm_loss(logits.float(), labels, self.label_smoothing)  # eq. 6, L_ce
+        reps = reps.float()
+        if self.scope == "group":
+            w = torch.where(group_toxic, self.toxic_weight, 1.0).to(reps)
+            l_cl = weighted_contrastive_loss(reps, group, positive, self.tau, w)
+        else:  # the paper (eq. 7): w_tox for the whole batch when any of its negatives is a toxic rewrite
+            w_tox = self.toxic_weight if bool(group_toxic.any()) else 1.0
+            l_cl = w_tox * contrastive_loss(reps, group, positive, self.tau)
+        correct, pairs = contrastive_accuracy(reps.detach(), group, positive)
+        return LossOutput(loss=l_ce + self.alpha * l_cl, l_ce=l_ce, l_cl=l_cl, lm_tokens=n_lm, correct=correct,
+                          pairs=pairs)
+
+
+__all__ = ["ContrastiveDebiasLoss", "LossOutput", "contrastive_accuracy", "contrastive_loss", "lm_loss",
+           "positive_pair_nll", "weighted_contrastive_loss"]

@@ -19,7 +19,8 @@ import logging
 import time
 from typing import Any
 
-from raydebias.config import Config, ConfigError, config_to_dict
+from raydebias.config import Config, config_to_dict
+from raydebias.errors import ConfigError, StageInputError
 from raydebias.storage import StoragePath
 from raydebias.train.checkpoint import STATE_META, read_meta
 from raydebias.train.loop import STREAM, TRAIN, VAL, train_loop_per_worker
@@ -44,7 +45,7 @@ def parts_dataset(path: StoragePath) -> Any:
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
 
-    from raydebias.augment.clean import AUGMENTED_SCHEMA
+    from raydebias.schema import AUGMENTED_SCHEMA
 
     class AugmentedParts(Datasource):
         def __init__(self, root: StoragePath):
@@ -102,45 +103,32 @@ def check_resumable(cfg: Config, ckpt: StoragePath | None) -> None:
                           "use a new --output directory, or delete that train/ directory to start over")
 
 
-def ensure_augmented(cfg: Config, out: Any, who: str) -> None:
-    """Run the augment stage (and the data stage before it) unless ``out.augmented_dir`` holds every
-    source row already: a staged consumer never trains on a half-written augmentation."""
-    from raydebias.augment.pipeline import finished_ids, run_augment_stage
-
-    src = out.sources_dir("train")
-    src_rows = src.parquet_rows() if src.complete else None
-    if src_rows is None or len(finished_ids(out.augmented_dir)) < src_rows:
-        log.info("%s: %s is missing or incomplete: running the augment stage first", who, out.augmented_dir)
-        run_augment_stage(cfg, out)
-
-
-def _resources_note(cfg: Config, streamed: bool) -> None:
-    """Warn when train workers + augmentation pools ask for more CPUs than the cluster has (HANG 2)."""
+def _resources_note(cfg: Config, stream_cpus: float) -> None:
+    """Warn when train workers (+ the augmentation pools streaming into them) ask for more CPUs than the
+    cluster has (ENV.md HANG 2)."""
     import ray
 
-    from raydebias.augment.pipeline import model_stages, stage_resources
-
     t = cfg.train
-    need = t.num_workers * t.cpus_per_worker
-    if streamed:
-        need += sum(stage_resources(cfg.augment, s).num_cpus * stage_resources(cfg.augment, s).actors
-                    for s in model_stages(cfg.augment))
+    need = t.num_workers * t.cpus_per_worker + stream_cpus
     have = ray.cluster_resources().get("CPU", 0)
     if need > have:
         log.warning("train: workers%s ask for %.1f CPUs but the cluster has %.1f now: unless it autoscales, "
                     "lower train.cpus_per_worker or the pools' num_cpus (ENV.md HANG 2)",
-                    " + augmentation pools" if streamed else "", need, have)
+                    " + augmentation pools" if stream_cpus else "", need, have)
 
 
 def run_train_stage(cfg: Config, out: Any, stream: Any = None, rows: int | None = None, *,
-                    validation: StoragePath | None = None, callbacks: tuple = (), augment_first: bool = True
-                    ) -> dict[str, Any]:
-    """Train on ``out.augmented_dir`` (staged) or on ``stream``, the live augmentation dataset (streamed).
+                    groups: StoragePath | None = None, validation: StoragePath | None = None,
+                    callbacks: tuple = (), stream_cpus: float = 0.0) -> dict[str, Any]:
+    """Train on the augmented parts in ``groups`` (default ``out.augmented_dir``: staged) or on ``stream``,
+    the live augmentation dataset, with ``rows`` groups in all (streamed; the parts written on the way
+    feed epochs 1+). Writes ``out.train_dir`` (checkpoints) and ``out.model_dir``. Never runs another
+    stage: raydebias/stages.py runs augment first when its output is incomplete.
 
     ``validation``: a directory of held-out augmented parts, scored at every epoch end (``val_*``
     metrics, reported with the epoch checkpoint). ``callbacks``: Ray Train ``UserCallback``s (a sweep
-    trial passes one that forwards the epoch reports to Ray Tune). ``augment_first=False``: the parts
-    in ``out.augmented_dir`` are complete by construction (a sweep's training split), never re-augment.
+    trial passes one that forwards the epoch reports to Ray Tune). ``stream_cpus``: the CPUs the
+    augmentation pools streaming into training hold (for the resource check).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -148,11 +136,12 @@ def run_train_stage(cfg: Config, out: Any, stream: Any = None, rows: int | None 
     from raydebias.runtime import use_gpus
 
     t = cfg.train
+    groups = out.augmented_dir if groups is None else groups
     streamed = stream is not None
-    if not streamed and augment_first:
-        ensure_augmented(cfg, out, "train")
     if not streamed:
-        rows = out.augmented_dir.parquet_rows()
+        rows = groups.parquet_rows() if groups.glob("*.parquet") else 0
+        if not rows:
+            raise StageInputError(f"train: no augmented groups in {groups}: run --stage augment first")
     if not rows:
         raise RuntimeError("train: no augmented rows to train on")
     previous = latest_checkpoint(out.train_dir)
@@ -164,10 +153,10 @@ def run_train_stage(cfg: Config, out: Any, stream: Any = None, rows: int | None 
         from raydebias.models import resolve_model
 
         resolve_model(t.model)
-    _resources_note(cfg, streamed)
+    _resources_note(cfg, stream_cpus if streamed else 0.0)
     gpu = use_gpus(cfg.device)
     storage_path, storage_fs = out.train_dir.ray_storage()
-    datasets = {TRAIN: parts_dataset(out.augmented_dir)}
+    datasets = {TRAIN: parts_dataset(groups)}
     if streamed:
         datasets[STREAM] = stream
     if validation is not None:
@@ -187,7 +176,7 @@ def run_train_stage(cfg: Config, out: Any, stream: Any = None, rows: int | None 
     )
     t0 = time.perf_counter()
     log.info("train: %d groups, %d worker(s) x %g CPU%s, FSDP2, %s", rows, t.num_workers, t.cpus_per_worker,
-             " + 1 GPU" if gpu else "", "streamed from augmentation" if streamed else f"from {out.augmented_dir}")
+             " + 1 GPU" if gpu else "", "streamed from augmentation" if streamed else f"from {groups}")
     result = trainer.fit()
     if result.error:
         raise result.error
@@ -208,5 +197,5 @@ def run_train_stage(cfg: Config, out: Any, stream: Any = None, rows: int | None 
     return stats
 
 
-__all__ = ["RUN_NAME", "check_resumable", "data_config", "ensure_augmented", "latest_checkpoint", "parts_dataset",
+__all__ = ["RUN_NAME", "check_resumable", "data_config", "latest_checkpoint", "parts_dataset",
            "run_train_stage"]

@@ -21,16 +21,42 @@ functions in tests/test_truthfulqa_parity.py:
   best incorrect.
 - ``truthfulqa_mc1``: context = the primer + "\\n\\nQ: {question}\\nA:", continuation = " " + choice
   (target_delimiter " ", the choice as written); the prediction is the argmax log-likelihood (first on ties).
+
+Config: ``evaluate.truthfulqa.{source, mc_source, max_new_tokens}``. A generation row without correct and
+incorrect answers, or an MC row without ``mc1_targets``, is quarantined with its reason.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
+from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from raydebias.evaluate.tasks.base import (
+    LOGLIK,
+    OUTPUT,
+    PAYLOAD,
+    _bad,
+    _missing,
+    _pl,
+    _req,
+    limit_rows,
+    output_counts,
+)
+
+if TYPE_CHECKING:
+    from raydebias.config import EvalConfig
+
+NAME = "truthfulqa"
+ROWS = ("truthfulqa_gen", "truthfulqa_mc1")
+TASKS = ("truthfulqa_gen", "truthfulqa_mc1")
+GENERATIVE = ("truthfulqa_gen",)
+GROUPED = ("truthfulqa_mc1",)  # one log-likelihood request per choice; the payload's "question" names the row
 
 # The six-shot QA primer of the TruthfulQA paper (used by lm-evaluation-harness).
 QA_PRIMER = (
@@ -184,6 +210,80 @@ def mean(values: Sequence[float]) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
-__all__ = ["GEN_MAX_NEW_TOKENS", "GEN_STOP", "NO_COMMENT", "QA_PRIMER", "bleu", "clean_completion", "format_answers",
-           "gen_prompt", "generation_scores", "mc1_continuation", "mc1_correct", "mc1_pred", "mc1_prompt",
-           "normalize_row", "rouge"]
+# --------------------------------------------------------------------------------------------------
+# Requests and metrics
+# --------------------------------------------------------------------------------------------------
+
+
+def read(e: EvalConfig, out: Any) -> dict[str, list[dict[str, Any]]]:
+    from raydebias.evaluate.sources import read_rows
+
+    return {"truthfulqa_gen": read_rows(e.truthfulqa.source), "truthfulqa_mc1": read_rows(e.truthfulqa.mc_source)}
+
+
+def requests(gen_rows: Sequence[dict], mc_rows: Sequence[dict], e: EvalConfig) -> tuple[list[dict], list[dict]]:
+    """Generation rows -> one greedy request each; MC rows -> one log-likelihood request per choice."""
+    reqs, bad = [], []
+    for i, raw in enumerate(limit_rows(list(gen_rows), e)):
+        try:
+            r = normalize_row(raw)
+            if not r["correct"]:
+                raise ValueError("no correct/incorrect answers (a multiple-choice-only row)")
+        except ValueError as exc:
+            bad.append(_bad("truthfulqa_gen", str(i), str(exc), raw))
+            continue
+        reqs.append(_req("truthfulqa_gen", str(i), "greedy", gen_prompt(r["question"]),
+                         e.truthfulqa.max_new_tokens, correct=r["correct"], incorrect=r["incorrect"]))
+    for i, raw in enumerate(limit_rows(list(mc_rows), e)):
+        try:
+            r = normalize_row(raw)
+            if r["mc1_choices"] is None:
+                raise ValueError("no mc1_targets")
+        except ValueError as exc:
+            bad.append(_bad("truthfulqa_mc1", str(i), str(exc), raw))
+            continue
+        for j, choice in enumerate(r["mc1_choices"]):
+            reqs.append(_req("truthfulqa_mc1", f"{i}/{j}", "loglik", mc1_prompt(r["question"]),
+                             continuation=mc1_continuation(choice), question=str(i), choice=j))
+    return reqs, bad
+
+
+def from_bench(bench: dict[str, list[dict]], e: EvalConfig, budget: Any = None
+               ) -> tuple[list[dict], list[dict], dict[str, int]]:
+    reqs, bad = requests(bench["truthfulqa_gen"], bench["truthfulqa_mc1"], e)
+    return reqs, bad, {t: len(limit_rows(bench[t], e)) for t in ROWS}
+
+
+def clean_output(task: str, text: str) -> str:
+    """lm-evaluation-harness's truthfulqa_gen stops at the first blank line and scores the text unstripped
+    (:func:`clean_completion`)."""
+    return clean_completion(text) if task == "truthfulqa_gen" else text.strip()
+
+
+def metrics(by_task: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """truthfulqa_gen: the mean of every :func:`generation_scores` key over the rows with no NaN score;
+    truthfulqa_mc1: accuracy over the questions whose every choice has a log-likelihood."""
+    out: dict[str, Any] = {}
+    if rs := by_task.get("truthfulqa_gen"):
+        per = [generation_scores(r[OUTPUT] or "", **_pl(r, "correct", "incorrect")) for r in rs]
+        ok = [p for p in per if not any(_missing(v) for v in p.values())]  # a row with a NaN score counts as missing
+        keys = list(per[0])
+        out["truthfulqa_gen"] = ({k: (sum(p[k] for p in ok) / len(ok) if ok else float("nan")) for k in keys}
+                                 | output_counts(rs) | {"n_missing": len(per) - len(ok)})
+    if rs := by_task.get("truthfulqa_mc1"):
+        q: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        for r in rs:
+            p = json.loads(r[PAYLOAD])
+            q[p["question"]].append((p["choice"], r[LOGLIK]))
+        # a question with a missing log-likelihood cannot be scored: counted, not averaged (log-likelihood
+        # requests generate no text, so MC1 has no empty/abstained outputs to count)
+        accs = [mc1_correct([ll for _, ll in sorted(v)]) for v in q.values() if not any(_missing(ll) for _, ll in v)]
+        out["truthfulqa_mc1"] = {"acc": sum(accs) / len(accs) if accs else float("nan"), "n": len(q),
+                                 "n_missing": len(q) - len(accs)}
+    return out
+
+
+__all__ = ["GENERATIVE", "GEN_MAX_NEW_TOKENS", "GEN_STOP", "GROUPED", "NAME", "NO_COMMENT", "QA_PRIMER", "ROWS",
+           "TASKS", "bleu", "clean_completion", "clean_output", "format_answers", "from_bench", "gen_prompt",
+           "generation_scores", "mc1_continuation", "mc1_correct", "mc1_pred", "mc1_prompt", "metrics",
+           "normalize_row", "read", "requests", "rouge"]

@@ -17,16 +17,40 @@ quarantines it).
 
 The answer is extracted with lm-eval's filter (SPEC §7): the output is cut at the task's stop sequence
 "Question:" (its ``generation_kwargs.until``), then the FIRST match of ``answer is \\(?([A-J])\\)?``; an
-output without a match is wrong. ``evaluate.mmlu_pro_extraction = "mmlu-pro-script"`` adds the fallbacks
+output without a match is wrong. ``evaluate.mmlu_pro.extraction = "mmlu-pro-script"`` adds the fallbacks
 of the benchmark's own script (see :func:`extract_answer`).
+
+Config: ``evaluate.mmlu_pro.{source, shots, max_new_tokens, stop, extraction}``.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from raydebias.evaluate.tasks.base import (
+    OUTPUT,
+    PAYLOAD,
+    PROMPT_TOO_LONG,
+    Budget,
+    _bad,
+    _req,
+    _too_long,
+    limit_rows,
+    output_counts,
+)
+
+if TYPE_CHECKING:
+    from raydebias.config import EvalConfig
+
+NAME = "mmlu_pro"
+ROWS = ("mmlu_pro", "mmlu_pro_validation")  # test rows (asked) and validation rows (the shots)
+TASKS = ("mmlu_pro",)
+GENERATIVE = ("mmlu_pro",)
+GROUPED: tuple[str, ...] = ()
 
 LETTERS = "ABCDEFGHIJ"
 # lm-eval mmlu_pro/_default_template_yaml filter_list: regex `answer is \(?([ABCDEFGHIJ])\)?` + take_first.
@@ -156,7 +180,7 @@ def accuracy_by_subject(rows: Sequence[dict[str, Any]], outputs: Sequence[str],
     """{"overall": acc, "subjects": {subject: {"acc", "n"}}, "extraction_failed": share, "n", "extraction"}.
 
     ``extraction`` None takes each row's own ``"extraction"`` (the request payload records
-    ``evaluate.mmlu_pro_extraction``), else "lm-eval"."""
+    ``evaluate.mmlu_pro.extraction``), else "lm-eval"."""
     per: dict[str, list[int]] = defaultdict(list)
     failed = 0
     modes = set()
@@ -173,6 +197,66 @@ def accuracy_by_subject(rows: Sequence[dict[str, Any]], outputs: Sequence[str],
             "extraction": ",".join(sorted(modes)) or (extraction or "lm-eval")}
 
 
-__all__ = ["AGAIN_RE", "ANSWER_RE", "COT_CUE", "EXTRACTIONS", "FINAL_RE", "LETTERS", "STOP",
-           "accuracy_by_subject", "build_prompt", "extract_answer", "fit_prompt", "format_example",
-           "format_question", "header", "is_correct", "shots_by_subject", "validate_row"]
+# --------------------------------------------------------------------------------------------------
+# Requests and metrics
+# --------------------------------------------------------------------------------------------------
+
+
+def read(e: EvalConfig, out: Any) -> dict[str, list[dict[str, Any]]]:
+    from raydebias.evaluate.sources import read_rows
+
+    return {"mmlu_pro": read_rows(e.mmlu_pro.source, "test"),
+            "mmlu_pro_validation": read_rows(e.mmlu_pro.source, "validation")}
+
+
+def requests(test: Sequence[dict], validation: Sequence[dict], e: EvalConfig,
+             budget: Budget | None = None) -> tuple[list[dict], list[dict]]:
+    """Test rows -> 5-shot CoT requests; with a ``budget``, shots are dropped per question until the
+    prompt fits next to the (clamped) new tokens (:func:`fit_prompt`), and a question that does not fit
+    with 0 shots is quarantined as ``prompt_too_long``."""
+    c = e.mmlu_pro
+    shots = shots_by_subject([v for v in validation if validate_row(v) is None], c.shots)
+    limit = budget.prompt_limit(c.max_new_tokens) if budget is not None else None
+    reqs, bad = [], []
+    for i, raw in enumerate(limit_rows(list(test), e)):
+        item = str(raw.get("question_id", i))
+        if (why := validate_row(raw)) is not None:
+            bad.append(_bad("mmlu_pro", item, why, raw))
+            continue
+        subject_shots = shots.get(raw["category"], [])
+        if budget is None:
+            prompt, k = build_prompt(raw, subject_shots), len(subject_shots)
+        else:
+            prompt, k, n = fit_prompt(raw, subject_shots, budget.count_tokens, limit)
+            if prompt is None:
+                bad.append(_bad("mmlu_pro", item, PROMPT_TOO_LONG, raw, _too_long(
+                    n, budget, c.max_new_tokens, "even with 0 shots (MMLU-Pro's rule: prompt < "
+                    "positions - max new tokens)", ">=")))
+                continue
+        reqs.append(_req("mmlu_pro", item, "greedy", prompt, c.max_new_tokens, shots=k, stop=c.stop,
+                         answer=raw["answer"], category=raw["category"], extraction=c.extraction))
+    return reqs, bad
+
+
+def from_bench(bench: dict[str, list[dict]], e: EvalConfig, budget: Budget | None = None
+               ) -> tuple[list[dict], list[dict], dict[str, int]]:
+    reqs, bad = requests(bench["mmlu_pro"], bench["mmlu_pro_validation"], e, budget)
+    return reqs, bad, {"mmlu_pro": len(limit_rows(bench["mmlu_pro"], e))}
+
+
+def clean_output(task: str, text: str) -> str:
+    return text.strip()
+
+
+def metrics(by_task: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Accuracy overall and per subject (:func:`accuracy_by_subject`) and the output counts."""
+    if not (rs := by_task.get("mmlu_pro")):
+        return {}
+    meta = [json.loads(r[PAYLOAD]) for r in rs]
+    return {"mmlu_pro": accuracy_by_subject(meta, [r[OUTPUT] or "" for r in rs]) | output_counts(rs)}
+
+
+__all__ = ["AGAIN_RE", "ANSWER_RE", "COT_CUE", "EXTRACTIONS", "FINAL_RE", "GENERATIVE", "GROUPED", "LETTERS", "NAME",
+           "ROWS", "STOP", "TASKS", "accuracy_by_subject", "build_prompt", "clean_output", "extract_answer",
+           "fit_prompt", "format_example", "format_question", "from_bench", "header", "is_correct", "metrics",
+           "read", "requests", "shots_by_subject", "validate_row"]
