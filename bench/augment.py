@@ -46,12 +46,11 @@ def sequential(table: pa.Table, cfg) -> float:
     import torch
 
     from raydebias.augment.clean import Finalize, add_reference
-    from raydebias.augment.pipeline import stage_classes, stage_order
+    from raydebias.augment.stage import stage_classes, stage_order
 
     torch.set_num_threads(1)
     classes = stage_classes()
-    stages = [classes[s](cfg.augment, device="cpu", seed=cfg.seed)
-              for s in stage_order(cfg.augment)]
+    stages = [classes[s].from_config(cfg.augment, device="cpu", seed=cfg.seed) for s in stage_order(cfg.augment)]
     final = Finalize(cfg.augment)
     t0 = time.perf_counter()
     for i in range(table.num_rows):
@@ -66,10 +65,13 @@ def pipeline(table: pa.Table, cfg, actors: int) -> float:
     import ray.data
 
     from raydebias.augment.pipeline import build
+    from raydebias.augment.stage import stage_classes, stage_order
 
     a = cfg.augment
-    for res in [getattr(a, op).resources for op in a.ops] + [a.ner.resources, a.toxicity.resources]:
-        res.actors = actors
+    classes = stage_classes()
+    for s in stage_order(a):
+        if (res := classes[s].resources(a)) is not None:
+            res.actors = actors
     t0 = time.perf_counter()
     n = build(ray.data.from_arrow(table), cfg, use_gpu=False).count()
     assert n == table.num_rows

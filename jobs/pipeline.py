@@ -73,10 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     cli.announce(job, args)
     cfg, out = job.cfg, job.out
     out.write_config(cfg)  # the config this run really uses: the rehearsal's, under --rehearse
-    info = init_ray(cfg)
 
     def run() -> int:
         todo = stages.plan(args.stage, cfg, out)
+        stages.check(todo, cfg, out)  # before Ray starts or any stage runs
+        info = init_ray(cfg)
         log.info("run dir %s | stages %s | device=%s (GPUs requested: %s) | ray %s", out.root, " -> ".join(todo),
                  cfg.device, use_gpus(cfg.device), info.get("mode", info.get("address")))
         timings = {}

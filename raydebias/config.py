@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
+from raydebias.augment.registry import OPS
 from raydebias.errors import ConfigError
 from raydebias.evaluate.registry import BENCHMARKS
 
@@ -254,9 +255,13 @@ class NerConfig:
 
 @dataclass
 class AugmentConfig:
+    """``ops`` selects from the op registry (raydebias/augment/registry.py OPS); each op's section below holds
+    its settings and its actor pool's default ``resources``: config is the one source of defaults."""
+
     ops: list[str] = _f(
-        ["backtranslate", "toxic_rewrite", "low_confidence", "entity_swap", "mask_fill", "regenerate"],
-        "Ops to run, in order (SPEC §2).",
+        list(OPS),  # the op registry is the one list of op names
+        f"Ops to run (SPEC §2), any of {list(OPS)}; the pipeline order comes from what each op needs, not "
+        "from this list.",
     )
     min_words: int = _f(3, "Reject candidates with fewer words (Section 4.2).")
     min_positives: int = _f(2, "Rows with fewer positives are untrainable (Section 5).")
@@ -270,10 +275,9 @@ class AugmentConfig:
     ner: NerConfig = _f(NerConfig(), "Named-entity recogniser (entity spans of every candidate).")
 
     def __post_init__(self) -> None:
-        known = ("backtranslate", "toxic_rewrite", "low_confidence", "entity_swap", "mask_fill", "regenerate")
         for op in self.ops:
-            if op not in known:
-                raise ConfigError(f"augment.ops has unknown op {op!r}; known ops: {', '.join(known)}")
+            if op not in OPS:
+                raise ConfigError(f"augment.ops has unknown op {op!r}; known ops: {', '.join(OPS)}")
         _check(self.min_words >= 1, "augment.min_words", "must be >= 1", self.min_words)
         _check(self.min_positives >= 1, "augment.min_positives", "must be >= 1", self.min_positives)
 

@@ -77,6 +77,12 @@ def resolve_device(device: str) -> str:
     raise ValueError(f"unknown device {device!r}; use 'cpu', 'gpu' or 'auto' (or an explicit 'cuda:N')")
 
 
+def actor_device(use_gpu: bool) -> str:
+    """The torch device of an actor whose pool was (``use_gpu``) or was not given a GPU share: THE rule every
+    actor (augmentation stages, generation, scoring) resolves its device by, in its own process."""
+    return resolve_device("gpu" if use_gpu else "cpu")
+
+
 _UNSET_MAX_LENGTH = 1_000_000  # tokenizers without a limit report ~1e30
 
 

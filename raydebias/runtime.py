@@ -1,4 +1,6 @@
-"""Reaching Ray, and deciding whether stages ask Ray for GPUs.
+"""Reaching Ray, deciding whether stages ask Ray for GPUs, and THE way a stage maps a model over a Ray
+dataset (:func:`actor_pool`: one actor pool per model, SPEC §2; its resources from config, the pool's
+class renamed after the stage so Ray Data's progress says ``MapBatches(mask_fill)``).
 
 Two traps measured in this environment (ENV.md) shape this file:
 - a stale ``current-cluster`` file from a killed cluster makes ``ray.init()`` try to join a dead
@@ -22,8 +24,7 @@ import socket
 import sys
 from typing import Any
 
-from raydebias.config import Config
-from raydebias.errors import job_exit_code  # noqa: F401  (re-exported)
+from raydebias.config import Config, OpResources
 from raydebias.logs import VERBOSE_ENV
 
 log = logging.getLogger(__name__)
@@ -105,3 +106,20 @@ def configure_data_context(cfg: Config) -> None:
     # Progress bars on a terminal; in logs (ray job submit, CI) they become walls of status lines.
     progress = os.environ.get("RAYDEBIAS_PROGRESS")
     ctx.enable_progress_bars = sys.stderr.isatty() if progress is None else progress != "0"
+
+
+def actor_pool(ds: Any, cls: type, resources: OpResources, use_gpu: bool, *, name: str | None = None,
+               constructor_kwargs: dict[str, Any] | None = None, batch_format: str = "pyarrow") -> Any:
+    """``ds.map_batches(cls)`` on an ``ActorPoolStrategy`` of ``resources.actors`` actors, each with
+    ``resources.num_cpus`` CPUs and (when ``use_gpu``) ``resources.num_gpus`` GPUs, batches of
+    ``resources.batch_size``; ``cls(**constructor_kwargs)`` is built once per actor (the model loads once)."""
+    from ray.data import ActorPoolStrategy
+
+    gpus = resources.num_gpus if use_gpu else 0.0
+    if name:
+        cls = type(name, (cls,), {})
+    log.info("pool %-15s actors=%d num_cpus=%g num_gpus=%g batch_size=%d", name or cls.__name__, resources.actors,
+             resources.num_cpus, gpus, resources.batch_size)
+    return ds.map_batches(cls, batch_format=batch_format, batch_size=resources.batch_size,
+                          compute=ActorPoolStrategy(size=resources.actors), num_cpus=resources.num_cpus,
+                          num_gpus=gpus, fn_constructor_kwargs=constructor_kwargs or {})

@@ -84,6 +84,21 @@ QUARANTINE_SCHEMA = pa.schema(
     ]
 )
 
+
+
+def quarantine_table(entries: list[dict]) -> pa.Table:
+    """THE way a stage writes its quarantine: entries (dicts with ``stage``, ``split``, ``reason``, ``raw``
+    and optionally ``detail`` (default: the reason), ``source_file`` (default ""), ``source_line``
+    (default -1) and ``id``) -> a QUARANTINE_SCHEMA table, in order."""
+    missing = [k for k in (STAGE, SPLIT, REASON, RAW) for e in entries if e.get(k) is None]
+    if missing:
+        raise ValueError(f"quarantine entries without {sorted(set(missing))}")
+    return pa.Table.from_pylist(
+        [{STAGE: e[STAGE], SPLIT: e[SPLIT], REASON: e[REASON], DETAIL: e.get(DETAIL) or e[REASON],
+          SOURCE_FILE: e.get(SOURCE_FILE, ""), SOURCE_LINE: e.get(SOURCE_LINE, -1), ID: e.get(ID), RAW: e[RAW]}
+         for e in entries], schema=QUARANTINE_SCHEMA)
+
+
 # Columns of the intermediate "raw record" datasets produced by the readers.
 REC_FILE, REC_LINE, REC_RAW = "_file", "_line", "_raw"
 RAW_RECORD_SCHEMA = pa.schema(

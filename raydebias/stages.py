@@ -38,18 +38,29 @@ Run = Callable[[Config, Any], dict[str, Any]]
 class Stage:
     """One node of the graph. ``needs(cfg)``: the stages whose outputs it reads (may depend on the config:
     evaluate reads the held-out split only when tldr is evaluated); ``done(cfg, out)``: its outputs are
-    complete in ``out``; ``run(cfg, out)`` -> its stats."""
+    complete in ``out``; ``run(cfg, out)`` -> its stats; ``check(cfg, out, planned)``: raises when an input
+    that none of the ``planned`` stages produces is missing (checked before Ray starts or anything runs)."""
 
     name: str
     needs: Callable[[Config], tuple[str, ...]]
     done: Callable[[Config, Any], bool]
     run: Run
+    check: Callable[[Config, Any, list[str]], None] | None = None
 
 
 def _run_data(cfg: Config, out: Any) -> dict[str, Any]:
     from raydebias.data import run_data_stage
 
     return run_data_stage(cfg, out)
+
+
+def _data_check(cfg: Config, out: Any, planned: list[str]) -> None:
+    from raydebias.data import resolve_source
+
+    # a missing local file or an unknown sample is a DataError now, not after the cluster started
+    resolve_source(cfg.data.source, cfg.data.split)
+    if cfg.data.eval_source:
+        resolve_source(cfg.data.eval_source, cfg.data.eval_split)
 
 
 def _data_done(cfg: Config, out: Any) -> bool:
@@ -110,6 +121,13 @@ def _run_evaluate(cfg: Config, out: Any) -> dict[str, Any]:
     return run_evaluate_stage(cfg, out)
 
 
+def _evaluate_check(cfg: Config, out: Any, planned: list[str]) -> None:
+    from raydebias.evaluate.pipeline import models_to_evaluate
+
+    if not {"train", "augment+train"} & set(planned):  # evaluate alone never trains: no model is a ConfigError
+        models_to_evaluate(cfg, out)
+
+
 def _never_done(cfg: Config, out: Any) -> bool:
     return False  # stages nothing downstream reads: they run (and resume) whenever asked for
 
@@ -121,12 +139,12 @@ def _run_sweep(cfg: Config, out: Any, space: Any = None) -> dict[str, Any]:
 
 
 STAGES: dict[str, Stage] = {
-    "data": Stage("data", lambda cfg: (), _data_done, _run_data),
+    "data": Stage("data", lambda cfg: (), _data_done, _run_data, _data_check),
     "augment": Stage("augment", lambda cfg: ("data",), _augment_done, _run_augment),
     "train": Stage("train", lambda cfg: ("augment",), _train_done, _run_train),
     "augment+train": Stage("augment+train", lambda cfg: ("data",), _train_done, run_augment_and_train),
     "evaluate": Stage("evaluate", lambda cfg: ("data",) if "tldr" in cfg.evaluate.tasks else (), _never_done,
-                      _run_evaluate),
+                      _run_evaluate, _evaluate_check),
     "sweep": Stage("sweep", lambda cfg: ("augment",), _never_done, _run_sweep),
 }
 # Targets that are a fixed sequence of stages, each run whatever is already there.
@@ -154,9 +172,17 @@ def plan(target: str, cfg: Config, out: Any) -> list[str]:
     return order
 
 
+def check(planned: list[str], cfg: Config, out: Any) -> None:
+    """Before anything runs: every planned stage's inputs that no planned stage produces (sources that do
+    not exist, an evaluation without a model)."""
+    for name in planned:
+        if STAGES[name].check is not None:
+            STAGES[name].check(cfg, out, planned)
+
+
 def run_stage(name: str, cfg: Config, out: Any, **kwargs: Any) -> dict[str, Any]:
     """Run ONE stage (no upstream): ``kwargs`` go to its function (the sweep's ``space``)."""
     return STAGES[name].run(cfg, out, **kwargs)
 
 
-__all__ = ["SEQUENCES", "STAGES", "TARGETS", "Stage", "plan", "run_augment_and_train", "run_stage"]
+__all__ = ["SEQUENCES", "STAGES", "TARGETS", "Stage", "check", "plan", "run_augment_and_train", "run_stage"]

@@ -24,10 +24,11 @@ builds the model into the cache (`$RAYDEBIAS_TINY_DIR`, else ~/.cache/raydebias/
 
 Every transformers model has 2 layers and hidden size 64. The tokenizers are trained here, on a
 deterministic corpus: all string values of the shipped sample data (raydebias/samples/**/*.jsonl), a
-built-in English text with German/French/Spanish sentences (for Marian), every printable ASCII
-character and the German/French/Spanish letters (ENV.md: characters missing from a unigram/WordPiece
-training text become <unk>). spacy-ner's rules come from a built-in gazetteer plus the shipped
-raydebias/samples/**/entities/*.tsv files (TEXT<TAB>LABEL).
+built-in English text with German/French/Spanish sentences (for Marian; raydebias/samples/tiny/corpus.txt),
+every printable ASCII character and the German/French/Spanish letters (ENV.md: characters missing from a
+unigram/WordPiece training text become <unk>). spacy-ner's rules come from a built-in gazetteer
+(raydebias/samples/tiny/gazetteer.json) plus the shipped raydebias/samples/**/entities/*.tsv files
+(TEXT<TAB>LABEL).
 
 Builds are deterministic (fixed seed per model; only tokenizer trainers that are bit-reproducible
 across processes, see `_train_wordpiece`, `_t5_vocab` and `_train_sentencepiece_bpe`), cached and
@@ -85,207 +86,23 @@ LOCK_TIMEOUT_S = 600
 
 PRINTABLE = "".join(ch for ch in string.printable if ch.isprintable())  # printable ASCII, space included
 
-# ---------------------------------------------------------------------------------------------------
-# Built-in training text. Reddit-flavoured English (with the names, sums and dates the pipelines
-# look for), plus German, French and Spanish so the Marian tokenizers see both sides of each pair.
-# ---------------------------------------------------------------------------------------------------
-BUILTIN_TEXT = """\
-My roommate and I have been friends since high school, but lately things have been rough. Last month he
-stopped paying his share of the rent ($450) and now he says he will pay me back "next week".
-TL;DR: roommate owes me money and keeps making excuses. How do I bring it up without ruining our friendship?
-I (24F) have been dating my boyfriend (26M) for two years. On June 14 he forgot my birthday again,
-and when I mentioned it he said it was "not a big deal". Am I overreacting?
-So I work at a small coffee shop in Chicago. Yesterday a customer yelled at me for five minutes because
-we ran out of oat milk. My manager, Gregory Helms, told me to apologize even though it wasn't my fault.
-We moved from Texas to New York in 2019. The rent went up 30% this year and I'm thinking of moving back.
-My sister Emily is getting married on Saturday, October 3rd, and she asked me to give a speech. I hate
-public speaking! Any tips? I have about 3 minutes and I don't want to embarrass her in front of 150 people.
-I paid $40 for a concert ticket online and it turned out to be fake. The seller, Mike Johnson, blocked me.
-Can I get my money back through PayPal or my bank (Chase)? It happened two weeks ago, at 10:30 pm.
-The first time I went to the gym I had no idea what I was doing. Now, 6 months later, I've lost 20 pounds.
-Women and men, old and young: everyone deserves respect. He said she was smart; she said he was kind.
-My dad is a doctor and my mom is a nurse. My brother wants to be an engineer at Google or Microsoft.
-She is a great teacher. He is a great teacher. They are great teachers. Thanks for reading, and sorry for
-the long post! Edit: thanks for all the advice, everyone. Update: we talked and it's fine now :)
-Der Hund spielt im Garten. Ich habe gestern mit meiner Schwester gesprochen. Wir fahren morgen nach Berlin.
-Das Wetter ist heute schön, aber es wird kalt. Kannst du mir bitte helfen? Ich verstehe das nicht.
-Le chat dort sur le canapé. J'ai parlé avec ma soeur hier soir. Nous allons à Paris la semaine prochaine.
-Il fait beau aujourd'hui, mais il va faire froid. Peux-tu m'aider, s'il te plaît ? Je ne comprends pas.
-El perro juega en el jardín. Ayer hablé con mi hermana. Mañana vamos a Madrid con nuestros amigos.
-Hoy hace buen tiempo, pero mañana hará frío. ¿Puedes ayudarme, por favor? ¡No lo entiendo!
-Grüße aus München! Die Tür ist groß, der Käse ist süß, und Übermorgen ist Ärger. Öl ist teuer.
-Ça va ? Où est la forêt ? À Noël, le garçon a déjà mangé un gâteau très sucré ; un cœur naïf, août, hôtel.
-Señor, el niño y el pingüino cantan una canción. ¡Qué día! Él está aquí. Ñandú, útil, árbol, ínsula, ópera.
-"""
+# The kit's own data (not sample data: tests point SAMPLES_DIR elsewhere, this stays): the built-in
+# training text (Reddit-flavoured English with the names, sums and dates the pipelines look for, plus
+# German, French and Spanish so the Marian tokenizers see both sides of each pair) and the built-in
+# gazetteer of spacy-ner (phrases per OntoNotes label, and the word lists of the token patterns).
+KIT_DATA_DIR = Path(__file__).resolve().parent / "samples" / "tiny"
+CORPUS_FILE = KIT_DATA_DIR / "corpus.txt"
+GAZETTEER_FILE = KIT_DATA_DIR / "gazetteer.json"
+
 # Letters of German, French and Spanish, so none of them is <unk> in the Marian/T5 vocabularies even
 # when the sample data never uses them.
 LATIN_LETTERS = "ÀÂÄÇÉÈÊËÎÏÔÖÙÛÜŸÑÁÍÓÚŒÆàâäçéèêëîïôöùûüÿñáíóúœæß¿¡«»€£–—‘’“”…"
 
-# ---------------------------------------------------------------------------------------------------
-# Built-in gazetteer for spacy-ner (OntoNotes labels, as en_core_web_trf uses them).
-# ---------------------------------------------------------------------------------------------------
+# OntoNotes labels, as en_core_web_trf uses them.
 ONTONOTES_LABELS = (
     "PERSON", "NORP", "FAC", "ORG", "GPE", "LOC", "PRODUCT", "EVENT", "WORK_OF_ART", "LAW",
     "LANGUAGE", "DATE", "TIME", "PERCENT", "MONEY", "QUANTITY", "ORDINAL", "CARDINAL",
 )  # fmt: skip
-
-# Month names are kept out of the first names (no "June", "April", "May") so a month is never PERSON.
-FIRST_NAMES = """
-James John Robert Michael William David Richard Joseph Thomas Charles Christopher Daniel Matthew
-Anthony Mark Donald Steven Paul Andrew Joshua Kenneth Kevin Brian George Timothy Ronald Edward Jason
-Jeffrey Ryan Jacob Gary Nicholas Eric Jonathan Stephen Larry Justin Scott Brandon Benjamin Samuel
-Gregory Alexander Frank Patrick Raymond Jack Dennis Jerry Tyler Aaron Jose Adam Nathan Henry Douglas
-Zachary Peter Kyle Ethan Walter Noah Jeremy Christian Keith Roger Terry Austin Sean Gerald Carl Harold
-Dylan Arthur Lawrence Jordan Jesse Bryan Billy Bruce Gabriel Joe Logan Alan Juan Albert Willie Elijah
-Wayne Randy Vincent Mason Roy Ralph Bobby Russell Bradley Philip Eugene Mike Chris Dave Tom Steve Matt
-Nick Jake Ben Sam Alex Luke Liam Lucas Oliver Muhammad Mohammed Ahmed Ali Omar Hassan Raj Arjun Rahul
-Wei Jun Hiroshi Kenji Carlos Luis Miguel Diego Pedro Pablo Hans Klaus Pierre Jean Francois Ivan Dmitri
-Mary Patricia Jennifer Linda Elizabeth Barbara Susan Jessica Sarah Karen Lisa Nancy Betty Margaret
-Sandra Ashley Kimberly Emily Donna Michelle Carol Amanda Dorothy Melissa Deborah Stephanie Rebecca
-Sharon Laura Cynthia Kathleen Amy Angela Shirley Anna Brenda Pamela Emma Nicole Helen Samantha
-Katherine Christine Debra Rachel Carolyn Janet Catherine Maria Heather Diane Ruth Julie Olivia Joyce
-Virginia Victoria Kelly Lauren Christina Joan Evelyn Judith Megan Andrea Cheryl Hannah Jacqueline
-Martha Gloria Teresa Ann Sara Madison Frances Kathryn Janice Jean Abigail Alice Judy Sophia Grace
-Denise Amber Doris Marilyn Danielle Beverly Isabella Theresa Diana Natalie Brittany Charlotte Marie
-Kayla Alexis Lori Ava Mia Chloe Zoe Lily Ella Jenny Katie Kate Becky Jess Priya Aisha Fatima Mei Yuki
-Sofia Lucia Camila Valentina Ingrid Greta Sophie Claire Chantal Olga Natasha Leila Layla
-""".split()
-
-SURNAMES = """
-Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez Martinez Hernandez Lopez Gonzalez
-Wilson Anderson Thomas Taylor Moore Jackson Martin Lee Perez Thompson White Harris Sanchez Clark
-Ramirez Lewis Robinson Walker Young Allen King Wright Scott Torres Nguyen Hill Flores Green Adams Nelson
-Baker Hall Rivera Campbell Mitchell Carter Roberts Gomez Phillips Evans Turner Diaz Parker Cruz Edwards
-Collins Reyes Stewart Morris Morales Murphy Cook Rogers Gutierrez Ortiz Morgan Cooper Peterson Bailey
-Reed Kelly Howard Ramos Kim Cox Ward Richardson Watson Brooks Chavez Wood James Bennett Gray Mendoza
-Ruiz Hughes Price Alvarez Castillo Sanders Patel Myers Long Ross Foster Jimenez Helms Schmidt Mueller
-Schneider Fischer Weber Dubois Moreau Laurent Rossi Russo Ferrari Kowalski Ivanov Tanaka Suzuki Sato
-Wang Li Zhang Chen Liu Singh Kumar Sharma Khan Ahmed Cohen Levy Obama Trump Biden Clinton Bush Musk
-""".split()
-
-PERSON_PHRASES = """
-Barack Obama|Donald Trump|Joe Biden|Hillary Clinton|George Bush|Elon Musk|Jeff Bezos|Bill Gates|
-Mark Zuckerberg|Steve Jobs|Taylor Swift|Beyonce|Oprah Winfrey|Kim Kardashian|Kanye West|LeBron James|
-Michael Jordan|Tom Brady|Serena Williams|Albert Einstein|Jesus|Jesus Christ|Gandhi|Shakespeare|
-Harry Styles|Justin Bieber|Joe Rogan|Gordon Ramsay|Keanu Reeves|Tom Hanks|Emma Watson
-"""
-
-GPE_PHRASES = """
-United States|United States of America|USA|US|U.S.|America|United Kingdom|UK|U.K.|Britain|
-Great Britain|England|Scotland|Wales|Ireland|Northern Ireland|Canada|Mexico|Brazil|Argentina|Chile|
-Colombia|Peru|Venezuela|Cuba|France|Germany|Spain|Portugal|Italy|Netherlands|Belgium|Switzerland|
-Austria|Sweden|Norway|Denmark|Finland|Poland|Ukraine|Russia|Greece|Turkey|Israel|Iran|Iraq|Syria|
-Saudi Arabia|Egypt|Nigeria|Kenya|South Africa|Ethiopia|Morocco|India|Pakistan|Bangladesh|China|Japan|
-South Korea|North Korea|Korea|Vietnam|Thailand|Philippines|Indonesia|Malaysia|Singapore|Australia|
-New Zealand|Afghanistan|Alabama|Alaska|Arizona|Arkansas|California|Colorado|Connecticut|Delaware|
-Florida|Georgia|Hawaii|Idaho|Illinois|Indiana|Iowa|Kansas|Kentucky|Louisiana|Maine|Maryland|
-Massachusetts|Michigan|Minnesota|Mississippi|Missouri|Montana|Nebraska|Nevada|New Hampshire|
-New Jersey|New Mexico|New York|North Carolina|North Dakota|Ohio|Oklahoma|Oregon|Pennsylvania|
-Rhode Island|South Carolina|South Dakota|Tennessee|Texas|Utah|Vermont|Virginia|Washington|
-West Virginia|Wisconsin|Wyoming|New York City|NYC|Los Angeles|LA|Chicago|Houston|Phoenix|Philadelphia|
-San Antonio|San Diego|Dallas|Austin|San Francisco|Seattle|Denver|Boston|Atlanta|Miami|Las Vegas|
-Portland|Detroit|Nashville|Baltimore|Minneapolis|New Orleans|Orlando|Toronto|Vancouver|Montreal|
-London|Manchester|Paris|Berlin|Munich|Madrid|Barcelona|Rome|Milan|Amsterdam|Brussels|Vienna|Zurich|
-Stockholm|Oslo|Copenhagen|Dublin|Warsaw|Moscow|Istanbul|Dubai|Cairo|Lagos|Nairobi|Mumbai|Delhi|
-New Delhi|Bangalore|Beijing|Shanghai|Hong Kong|Tokyo|Osaka|Seoul|Bangkok|Manila|Jakarta|Sydney|
-Melbourne|Mexico City|Sao Paulo|Rio de Janeiro|Buenos Aires
-"""
-
-ORG_PHRASES = """
-Google|Alphabet|Microsoft|Apple|Amazon|Facebook|Meta|Netflix|Tesla|SpaceX|Twitter|Reddit|YouTube|
-Instagram|TikTok|Snapchat|LinkedIn|Uber|Lyft|Airbnb|PayPal|Venmo|Spotify|Intel|IBM|Oracle|Nvidia|
-Samsung|Sony|Nintendo|Toyota|Honda|Ford|General Motors|GM|BMW|Volkswagen|Walmart|Target|Costco|
-Starbucks|McDonald's|McDonalds|Burger King|Wendy's|Subway|Chipotle|Taco Bell|Coca-Cola|Pepsi|Nike|
-Adidas|Disney|Comcast|Verizon|AT&T|T-Mobile|FedEx|UPS|Home Depot|Best Buy|IKEA|Chase|JPMorgan|
-JPMorgan Chase|Bank of America|Wells Fargo|Citibank|Citi|Goldman Sachs|Morgan Stanley|Capital One|
-HSBC|Barclays|Harvard|Harvard University|Yale|Stanford|Stanford University|MIT|Princeton|Columbia|
-Columbia University|UCLA|Berkeley|NYU|Oxford|Oxford University|Cambridge|Cambridge University|
-FBI|CIA|NSA|IRS|FDA|CDC|NASA|EPA|DMV|TSA|ICE|NHS|UN|United Nations|NATO|EU|European Union|WHO|
-World Health Organization|Red Cross|Congress|Senate|Supreme Court|White House|Pentagon|
-Democratic Party|Republican Party|NFL|NBA|MLB|NHL|FIFA|ESPN|CNN|Fox News|BBC|New York Times|
-Washington Post|Walgreens|CVS|Kaiser|Blue Cross|OpenAI
-"""
-
-NORP_PHRASES = """
-American|Americans|British|Canadian|Canadians|Mexican|Mexicans|Brazilian|French|German|Germans|
-Spanish|Italian|Italians|Dutch|Swedish|Norwegian|Danish|Polish|Ukrainian|Russian|Russians|Greek|
-Turkish|Israeli|Israelis|Iranian|Iraqi|Syrian|Saudi|Egyptian|Nigerian|Kenyan|Indian|Indians|
-Pakistani|Chinese|Japanese|Korean|Koreans|Vietnamese|Thai|Filipino|Filipina|Indonesian|Australian|
-Australians|Irish|Scottish|Welsh|English|European|Europeans|African|Africans|African American|
-African Americans|Asian|Asians|Asian American|Asian Americans|Hispanic|Hispanics|Latino|Latinos|
-Latina|Latinas|Latinx|Arab|Arabs|Native American|Native Americans|Christian|Christians|Catholic|
-Catholics|Protestant|Protestants|Muslim|Muslims|Islamic|Jewish|Jews|Jew|Hindu|Hindus|Buddhist|
-Buddhists|Sikh|Sikhs|Mormon|Mormons|Evangelical|Evangelicals|Democrat|Democrats|Democratic|
-Republican|Republicans|Liberal|Liberals|Conservative|Conservatives|Communist|Communists
-"""
-
-LOC_PHRASES = """
-Europe|Asia|Africa|North America|South America|Latin America|Central America|Antarctica|
-Middle East|the Middle East|Southeast Asia|East Coast|West Coast|Midwest|the Midwest|
-Pacific Ocean|Atlantic Ocean|Pacific|Atlantic|Mediterranean|Caribbean|Gulf of Mexico|Alps|
-Rocky Mountains|Rockies|Mount Everest|Sahara|Amazon River|Mississippi River|Bay Area|Silicon Valley
-"""
-
-FAC_PHRASES = """
-Golden Gate Bridge|Brooklyn Bridge|Empire State Building|Eiffel Tower|Statue of Liberty|
-Times Square|Central Park|JFK|JFK Airport|LAX|Heathrow|O'Hare|Madison Square Garden|
-Walt Disney World|Disneyland|Grand Central|Penn Station|Yankee Stadium|Wembley
-"""
-
-PRODUCT_PHRASES = """
-iPhone|iPad|MacBook|AirPods|Apple Watch|Android|Windows|Windows 10|Windows 11|Xbox|PlayStation|PS5|
-PS4|Nintendo Switch|Switch|Kindle|Alexa|Siri|ChatGPT|Model 3|Model S|Model Y|Prius|Civic|Corolla|
-F-150|Galaxy|Pixel|Photoshop|Excel|Word|Zoom|Discord|Tinder|Bumble|Hinge|Minecraft|Fortnite|Roblox
-"""
-
-EVENT_PHRASES = """
-World War I|World War II|WWI|WWII|the Great Depression|Super Bowl|the Super Bowl|World Cup|
-the World Cup|Olympics|the Olympics|Olympic Games|Coachella|Black Friday|Cyber Monday|March Madness|
-Comic-Con|Burning Man|Hurricane Katrina|9/11|the Holocaust|Brexit
-"""
-
-WORK_OF_ART_PHRASES = """
-Harry Potter|Game of Thrones|The Office|Friends|Breaking Bad|Star Wars|Star Trek|The Lord of the Rings|
-Lord of the Rings|The Simpsons|Stranger Things|The Bible|Bible|Quran|Mona Lisa|Hamlet|Romeo and Juliet|
-The Godfather|Titanic|Frozen|Avengers|The Avengers|Pokemon
-"""
-
-LAW_PHRASES = """
-Constitution|the Constitution|First Amendment|Second Amendment|Fourth Amendment|Fifth Amendment|
-Bill of Rights|Affordable Care Act|Obamacare|Roe v. Wade|Civil Rights Act|Title IX|FMLA|ADA|
-Americans with Disabilities Act|HIPAA|GDPR|Fair Housing Act|Patriot Act
-"""
-
-LANGUAGE_PHRASES = """
-Mandarin|Cantonese|Hindi|Urdu|Bengali|Tagalog|Swahili|Esperanto|Latin|Hebrew|Farsi|Persian|
-Portuguese|Arabic|Russian language|Sign Language|ASL
-"""
-
-# Holidays are DATE in OntoNotes.
-DATE_PHRASES = """
-Christmas|Christmas Eve|Thanksgiving|Halloween|Easter|New Year|New Year's|New Year's Eve|
-New Year's Day|Valentine's Day|Mother's Day|Father's Day|Independence Day|Memorial Day|Labor Day|
-the Fourth of July|Fourth of July|Ramadan|Hanukkah|Diwali|Passover|Black History Month
-"""
-
-MONTHS = """January February March April May June July August September October November December
-Jan Feb Mar Apr Jun Jul Aug Sep Sept Oct Nov Dec""".split()
-WEEKDAYS = """Monday Tuesday Wednesday Thursday Friday Saturday Sunday
-Mondays Tuesdays Wednesdays Thursdays Fridays Saturdays Sundays""".split()
-NUMBER_WORDS = """zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen
-fifteen sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety
-hundred thousand million billion trillion dozen""".split()
-ORDINAL_WORDS = """first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth
-thirteenth fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth twentieth thirtieth
-fortieth fiftieth hundredth thousandth""".split()
-DATE_UNITS = "day days week weeks weekend weekends month months year years decade decades".split()
-TIME_UNITS = "hour hours minute minutes second seconds".split()
-QUANTITY_UNITS = """mile miles km kilometers kilometres meter meters metre metres foot feet ft inch inches
-pound pounds lb lbs kg kilos kilograms gram grams ounce ounces oz gallon gallons liter liters litre
-litres acre acres""".split()
-MONEY_WORDS = "dollar dollars bucks usd cents euro euros grand".split()
-CURRENCY_SYMBOLS = ["$", "£", "€"]
-TITLES = "Mr. Mrs. Ms. Dr. Mr Mrs Ms Dr Prof. Professor Officer Judge Senator President".split()
 
 DAY_RE = r"^(?:[1-9]|[12]\d|3[01])(?:st|nd|rd|th)?$"
 YEAR_RE = r"^(?:19|20)\d\d$"
@@ -300,14 +117,20 @@ HOUR_RE = r"^(?:[1-9]|1[0-2])$"
 MONEY_SUFFIX_RE = r"^\d+(?:\.\d+)?[kKmMbB]$"
 
 
-def _phrases(block: str) -> list[str]:
-    """Split a '|'-separated block of phrases (newlines are only layout)."""
-    return [p.strip() for p in block.replace("\n", "").split("|") if p.strip()]
-
-
 # ---------------------------------------------------------------------------------------------------
 # Inputs: training corpus and gazetteer (both hashed into the stamps).
 # ---------------------------------------------------------------------------------------------------
+def builtin_text() -> str:
+    """The built-in training text (samples/tiny/corpus.txt)."""
+    return CORPUS_FILE.read_text(encoding="utf-8")
+
+
+def builtin_gazetteer() -> dict:
+    """The built-in gazetteer (samples/tiny/gazetteer.json): ``phrases`` {label: [phrase, ...]} and the
+    word lists of the token patterns (``first_names``, ``months``, ``money_words``, ...)."""
+    return json.loads(GAZETTEER_FILE.read_text(encoding="utf-8"))
+
+
 def _string_values(obj) -> Iterable[str]:
     """Every string value in a parsed JSON document, depth first, in document order."""
     if isinstance(obj, str):
@@ -359,7 +182,7 @@ def sample_strings() -> list[str]:
 
 def training_corpus() -> list[str]:
     """The tokenizer training text as lines: built-in text, samples, printable ASCII, Latin letters."""
-    lines = [ln.strip() for ln in BUILTIN_TEXT.splitlines()]
+    lines = [ln.strip() for ln in builtin_text().splitlines()]
     for text in sample_strings():
         lines.extend(ln.strip() for ln in text.splitlines())
     lines.append(PRINTABLE)
@@ -396,21 +219,14 @@ def ner_patterns() -> list[dict]:
     Phrase patterns come from the built-in gazetteer, overridden by the shipped TSV gazetteer (the
     project's own data knows better). Token patterns cover the number-like entity types.
     """
+    gaz = builtin_gazetteer()
+    first_names, surnames, titles = gaz["first_names"], gaz["surnames"], gaz["titles"]
+    months, weekdays, number_words = gaz["months"], gaz["weekdays"], gaz["number_words"]
+    date_units, money_words = gaz["date_units"], gaz["money_words"]
     phrases: dict[str, str] = {}
-    builtin = [
-        ("PERSON", _phrases(PERSON_PHRASES) + FIRST_NAMES),
-        ("GPE", _phrases(GPE_PHRASES)),
-        ("ORG", _phrases(ORG_PHRASES)),
-        ("NORP", _phrases(NORP_PHRASES)),
-        ("LOC", _phrases(LOC_PHRASES)),
-        ("FAC", _phrases(FAC_PHRASES)),
-        ("PRODUCT", _phrases(PRODUCT_PHRASES)),
-        ("EVENT", _phrases(EVENT_PHRASES)),
-        ("WORK_OF_ART", _phrases(WORK_OF_ART_PHRASES)),
-        ("LAW", _phrases(LAW_PHRASES)),
-        ("LANGUAGE", _phrases(LANGUAGE_PHRASES)),
-        ("DATE", _phrases(DATE_PHRASES)),
-    ]
+    # The first label a phrase appears under wins (a known first name is PERSON before anything else).
+    builtin = [("PERSON", gaz["phrases"]["PERSON"] + first_names),
+               *((label, texts) for label, texts in gaz["phrases"].items() if label != "PERSON")]
     for label, texts in builtin:
         for text in texts:
             phrases.setdefault(text, label)
@@ -422,29 +238,29 @@ def ner_patterns() -> list[dict]:
         patterns.append({"label": label, "pattern": list(pattern)})
 
     number = {"TEXT": {"REGEX": NUMBER_RE}}
-    number_word = {"LOWER": {"IN": NUMBER_WORDS}}
-    month = {"ORTH": {"IN": MONTHS}}
+    number_word = {"LOWER": {"IN": number_words}}
+    month = {"ORTH": {"IN": months}}
     day = {"TEXT": {"REGEX": DAY_RE}}
     year = {"TEXT": {"REGEX": YEAR_RE}}
-    not_name = MONTHS + WEEKDAYS + TITLES + ["I"]
+    not_name = months + weekdays + titles + ["I"]
 
     # PERSON: known first name + a capitalised word; a capitalised word + known surname; title + name.
     tok(
         "PERSON",
-        {"ORTH": {"IN": FIRST_NAMES}},
+        {"ORTH": {"IN": first_names}},
         {"IS_TITLE": True, "IS_STOP": False, "ORTH": {"NOT_IN": not_name}},
     )
     tok(
         "PERSON",
         {"IS_TITLE": True, "IS_STOP": False, "ORTH": {"NOT_IN": not_name}},
-        {"ORTH": {"IN": SURNAMES}},
+        {"ORTH": {"IN": surnames}},
     )
     tok(
-        "PERSON", {"ORTH": {"IN": TITLES}}, {"IS_TITLE": True, "IS_STOP": False, "ORTH": {"NOT_IN": not_name}}
+        "PERSON", {"ORTH": {"IN": titles}}, {"IS_TITLE": True, "IS_STOP": False, "ORTH": {"NOT_IN": not_name}}
     )
-    tok("PERSON", {"ORTH": {"IN": TITLES}}, {"IS_TITLE": True}, {"IS_TITLE": True, "IS_STOP": False})
+    tok("PERSON", {"ORTH": {"IN": titles}}, {"IS_TITLE": True}, {"IS_TITLE": True, "IS_STOP": False})
     # MONEY: $40, $1,200.50, $40k, $5 million, 40 dollars, 20 bucks.
-    for symbol in CURRENCY_SYMBOLS:
+    for symbol in gaz["currency_symbols"]:
         tok("MONEY", {"ORTH": symbol}, number)
         tok("MONEY", {"ORTH": symbol}, {"TEXT": {"REGEX": MONEY_SUFFIX_RE}})
         tok(
@@ -453,9 +269,9 @@ def ner_patterns() -> list[dict]:
             number,
             {"LOWER": {"IN": ["k", "thousand", "million", "billion", "grand"]}},
         )
-    tok("MONEY", number, {"LOWER": {"IN": MONEY_WORDS}})
-    tok("MONEY", number_word, {"LOWER": {"IN": MONEY_WORDS}})
-    tok("MONEY", number_word, number_word, {"LOWER": {"IN": MONEY_WORDS}})
+    tok("MONEY", number, {"LOWER": {"IN": money_words}})
+    tok("MONEY", number_word, {"LOWER": {"IN": money_words}})
+    tok("MONEY", number_word, number_word, {"LOWER": {"IN": money_words}})
     # DATE: June | June 14 | June 14, 2019 | June 2019 | 14 June (2019) | the 14th of June | weekdays |
     # years | decades | last/next week | two weeks (ago) | today.
     tok("DATE", month)
@@ -466,21 +282,21 @@ def ner_patterns() -> list[dict]:
     tok("DATE", day, month)
     tok("DATE", day, month, year)
     tok("DATE", {"LOWER": "the"}, day, {"LOWER": "of"}, month)
-    tok("DATE", {"ORTH": {"IN": WEEKDAYS}})
-    tok("DATE", {"ORTH": {"IN": WEEKDAYS}}, {"ORTH": ","}, month, day)
-    tok("DATE", {"ORTH": {"IN": WEEKDAYS}}, month, day)
+    tok("DATE", {"ORTH": {"IN": weekdays}})
+    tok("DATE", {"ORTH": {"IN": weekdays}}, {"ORTH": ","}, month, day)
+    tok("DATE", {"ORTH": {"IN": weekdays}}, month, day)
     tok("DATE", year)
     tok("DATE", {"TEXT": {"REGEX": DECADE_RE}})
     tok("DATE", {"LOWER": "the"}, {"TEXT": {"REGEX": DECADE_RE}})
     tok("DATE", {"LOWER": {"IN": ["today", "yesterday", "tomorrow"]}})
-    relative_targets = DATE_UNITS + [w.lower() for w in WEEKDAYS] + ["summer", "winter", "spring", "fall"]
+    relative_targets = date_units + [w.lower() for w in weekdays] + ["summer", "winter", "spring", "fall"]
     tok("DATE", {"LOWER": {"IN": ["last", "next", "this", "that"]}}, {"LOWER": {"IN": relative_targets}})
     for amount in (number, number_word, {"LOWER": {"IN": ["a", "an", "few", "several", "couple"]}}):
-        tok("DATE", amount, {"LOWER": {"IN": DATE_UNITS}})
-        tok("DATE", amount, {"LOWER": {"IN": DATE_UNITS}}, {"LOWER": "ago"})
-        tok("DATE", amount, {"LOWER": {"IN": DATE_UNITS}}, {"LOWER": "old"})
+        tok("DATE", amount, {"LOWER": {"IN": date_units}})
+        tok("DATE", amount, {"LOWER": {"IN": date_units}}, {"LOWER": "ago"})
+        tok("DATE", amount, {"LOWER": {"IN": date_units}}, {"LOWER": "old"})
     tok("DATE", {"LOWER": "a"}, {"LOWER": {"IN": ["few", "couple"]}}, {"LOWER": "of", "OP": "?"},
-        {"LOWER": {"IN": DATE_UNITS}}, {"LOWER": "ago"})  # fmt: skip
+        {"LOWER": {"IN": date_units}}, {"LOWER": "ago"})  # fmt: skip
     # TIME: 3pm, 3 p.m., 10:30, 10:30pm, two hours, tonight, last night, this morning.
     ampm = {"LOWER": {"IN": ["am", "pm", "a.m.", "p.m."]}}
     tok("TIME", {"TEXT": {"REGEX": HOUR_RE}}, ampm)
@@ -490,20 +306,20 @@ def ner_patterns() -> list[dict]:
     tok("TIME", {"LOWER": {"IN": ["last", "this", "tomorrow", "yesterday"]}},
         {"LOWER": {"IN": ["night", "morning", "afternoon", "evening"]}})  # fmt: skip
     for amount in (number, number_word, {"LOWER": {"IN": ["an", "a", "few", "several"]}}):
-        tok("TIME", amount, {"LOWER": {"IN": TIME_UNITS}})
+        tok("TIME", amount, {"LOWER": {"IN": gaz["time_units"]}})
     # PERCENT: 50%, 50 percent, fifty percent.
     tok("PERCENT", number, {"ORTH": "%"})
     tok("PERCENT", number, {"LOWER": {"IN": ["percent", "pct"]}})
     tok("PERCENT", number_word, {"LOWER": {"IN": ["percent", "pct"]}})
     # QUANTITY: 20 pounds, 5 miles.
-    tok("QUANTITY", number, {"LOWER": {"IN": QUANTITY_UNITS}})
-    tok("QUANTITY", number_word, {"LOWER": {"IN": QUANTITY_UNITS}})
+    tok("QUANTITY", number, {"LOWER": {"IN": gaz["quantity_units"]}})
+    tok("QUANTITY", number_word, {"LOWER": {"IN": gaz["quantity_units"]}})
     # ORDINAL: first, 3rd.
-    tok("ORDINAL", {"LOWER": {"IN": ORDINAL_WORDS}})
+    tok("ORDINAL", {"LOWER": {"IN": gaz["ordinal_words"]}})
     tok("ORDINAL", {"TEXT": {"REGEX": ORDINAL_RE}})
     # CARDINAL: 150, 1,200, two, twenty five (years 1900-2099 are DATE instead).
     tok("CARDINAL", {"TEXT": {"REGEX": CARDINAL_RE}})
-    tok("CARDINAL", {"LOWER": {"IN": NUMBER_WORDS}, "OP": "+"})
+    tok("CARDINAL", {"LOWER": {"IN": number_words}, "OP": "+"})
     return patterns
 
 

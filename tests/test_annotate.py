@@ -15,7 +15,7 @@ import torch
 
 from raydebias import models
 from raydebias import schema as S
-from raydebias.augment.annotate import STAGES, AnnotateEntities, ScoreToxicity
+from raydebias.augment.annotate import AnnotateCandidates, AnnotateEntities, ScoreToxicity
 from raydebias.augment.candidates import (
     CANDIDATE_LIST,
     CANDIDATES,
@@ -62,13 +62,23 @@ def batch() -> pa.Table:
     return set_column(table, CANDIDATES, cands, CANDIDATE_LIST)
 
 
-def test_stage_registry():
-    assert STAGES == {"annotate_entities": AnnotateEntities, "score_toxicity": ScoreToxicity}
+def test_stage_names_are_the_registry_keys():
+    from raydebias.augment.stage import stage_classes
+
+    classes = stage_classes()
+    assert (classes["ner"], classes["ner_candidates"], classes["toxicity"]) == (
+        AnnotateEntities, AnnotateCandidates, ScoreToxicity)
+    assert (AnnotateEntities.name, AnnotateCandidates.name, ScoreToxicity.name) == ("ner", "ner_candidates", "toxicity")
+    # both NER passes use augment.ner (one model setting, one resources default)
+    assert AnnotateEntities.section == AnnotateCandidates.section == "ner"
+    c = cfg()
+    assert AnnotateEntities.resources(c) is AnnotateCandidates.resources(c) is c.ner.resources
+    assert ScoreToxicity.resources(c) is c.toxicity.resources
 
 
 def test_annotate_entities_fills_sources_and_null_candidates(batch):
     before = batch.to_pylist()
-    out = AnnotateEntities(cfg())(batch)
+    out = AnnotateEntities(cfg().ner)(batch)
     assert batch.to_pylist() == before  # the input table is not changed
     assert out.num_rows == 3 and out.column(S.ID).to_pylist() == batch.column(S.ID).to_pylist()
     for name in (S.ID, S.POST, S.SUMMARY, S.SUBREDDIT, S.TITLE, "extra", DROPS):
@@ -94,7 +104,7 @@ def test_annotate_entities_fills_sources_and_null_candidates(batch):
 
 def test_score_toxicity_fills_null_scores_and_keeps_given_ones(batch):
     before = batch.to_pylist()
-    stage = ScoreToxicity(cfg())
+    stage = ScoreToxicity(cfg().toxicity)
     out = stage(batch)
     assert batch.to_pylist() == before
     for name in (S.ID, S.POST, S.SUMMARY, POST_ENTITIES, SUMMARY_ENTITIES, "extra", DROPS):
@@ -134,7 +144,7 @@ class _FailsOn:
 @pytest.mark.parametrize("mode, error", [("raise", "RuntimeError: cannot handle this text"),
                                          ("nan", "ValueError: toxicity scorer returned nan")])
 def test_score_failure_moves_exactly_that_candidate_to_drops(batch, mode, error):
-    stage = ScoreToxicity(cfg())
+    stage = ScoreToxicity(cfg().toxicity)
     stage.scorer = _FailsOn(stage.scorer, "score", {BAD}, mode)
     out = stage(batch)
     cands, drops = out.column(CANDIDATES).to_pylist(), out.column(DROPS).to_pylist()
@@ -145,29 +155,29 @@ def test_score_failure_moves_exactly_that_candidate_to_drops(batch, mode, error)
     assert drops[0] == [] and drops[2] == []
     (d,) = drops[1]
     assert (d["op"], d["reason"], d["text"]) == ("low_confidence", "error", BAD)
-    assert d["detail"].startswith(f"score_toxicity: {error}")
+    assert d["detail"].startswith(f"toxicity: {error}")
     assert stage.scorer.calls == 1 + 3  # the batch, then each of the 3 null-scored texts alone
     assert sum(map(len, cands)) + sum(map(len, drops)) == sum(map(len, batch.column(CANDIDATES).to_pylist()))
 
 
 def test_entity_failure_drops_the_candidate_and_records_a_failed_post(batch):
     bad_post = batch.column(S.POST)[2].as_py()
-    stage = AnnotateEntities(cfg())
+    stage = AnnotateEntities(cfg().ner)
     stage.tagger = _FailsOn(stage.tagger, "tag", {BAD, bad_post})
     rows = stage(batch).to_pylist()
     assert [len(r[CANDIDATES]) for r in rows] == [2, 1, 0]
     assert all(c["entities"] is not None for r in rows for c in r[CANDIDATES])
     assert rows[2][POST_ENTITIES] == [] and rows[2][SUMMARY_ENTITIES]  # the row stays, its post has []
     assert [(d["op"], d["reason"], d["text"]) for d in rows[1][DROPS]] == [("low_confidence", "error", BAD)]
-    assert rows[1][DROPS][0]["detail"] == "annotate_entities: RuntimeError: cannot handle this text"
+    assert rows[1][DROPS][0]["detail"] == "ner: RuntimeError: cannot handle this text"
     (post_drop,) = rows[2][DROPS]
-    assert (post_drop["op"], post_drop["reason"], post_drop["text"]) == ("annotate_entities", "error", None)
-    assert post_drop["detail"] == "annotate_entities: post: RuntimeError: cannot handle this text"
+    assert (post_drop["op"], post_drop["reason"], post_drop["text"]) == ("ner", "error", None)
+    assert post_drop["detail"] == "ner: post: RuntimeError: cannot handle this text"
     assert rows[0][DROPS] == []
 
 
 def test_empty_batch_and_missing_columns():
     empty = pa.Table.from_pylist([], schema=S.SOURCE_SCHEMA)
-    for stage in (AnnotateEntities(cfg()), ScoreToxicity(cfg())):
+    for stage in (AnnotateEntities(cfg().ner), ScoreToxicity(cfg().toxicity)):
         out = stage(empty)
         assert out.num_rows == 0 and {CANDIDATES, DROPS, POST_ENTITIES, SUMMARY_ENTITIES} <= set(out.column_names)

@@ -11,7 +11,8 @@ from support import SHARED_RUN_ARGS, SHARED_RUN_ROWS
 from raydebias import schema as S
 from raydebias.augment.clean import AUGMENTED_SCHEMA
 from raydebias.augment.entity_swap import EntitySwap
-from raydebias.augment.pipeline import OP_NAMES, build
+from raydebias.augment.pipeline import build
+from raydebias.augment.registry import OPS
 from raydebias.config import load_config
 from raydebias.storage import StoragePath
 
@@ -44,7 +45,7 @@ def test_augment_stage_end_to_end_with_resume_on_s3(shared_run, s3):
     stats = json.loads((src / "stats.json").read_text())["augment"]
     assert stats["rows_in"] == stats["rows_out"] == SHARED_RUN_ROWS
     assert stats["trainable"] + stats["quarantined"] == SHARED_RUN_ROWS
-    for op in OP_NAMES:  # every op ran and is accounted for
+    for op in OPS:  # every op ran and is accounted for
         s = stats["ops"][op]
         assert s["generated"] == s["kept"] + s["dropped"] == s["kept"] + sum(s["dropped_by_reason"].values())
         assert s["kept"] > 0, (op, s)  # every op produced candidates that survived cleaning
@@ -85,10 +86,10 @@ def test_augment_stage_end_to_end_with_resume_on_s3(shared_run, s3):
 class FailingSwap(EntitySwap):
     """Fault injection: fails on one source id (and on any batch containing it)."""
 
-    def _rows(self, rows):
+    def process_rows(self, rows):
         if any(r["id"] == self.bad_id for r in rows):
             raise RuntimeError("injected failure")
-        return super()._rows(rows)
+        return super().process_rows(rows)
 
 
 def test_a_failing_row_is_recorded_not_fatal(ray_local):

@@ -1,7 +1,7 @@
 import pyarrow as pa
 import pytest
 
-from raydebias.augment.annotate import AnnotateEntities, ScoreToxicity
+from raydebias.augment.annotate import AnnotateCandidates, AnnotateEntities, ScoreToxicity
 from raydebias.augment.candidates import CANDIDATE_LIST, CANDIDATES, candidate, drop, entity, set_column
 from raydebias.augment.clean import (
     AUGMENTED_SCHEMA,
@@ -12,7 +12,8 @@ from raydebias.augment.clean import (
     clean_row,
     strip_scaffolding,
 )
-from raydebias.augment.pipeline import model_stages, stage_classes, stage_order
+from raydebias.augment.pipeline import model_stages
+from raydebias.augment.stage import stage_classes, stage_order
 from raydebias.config import AugmentConfig
 
 POST = "My landlord Greg in Denver kept my $1,200 deposit after I moved out in June."
@@ -76,7 +77,7 @@ def test_finalize_emits_the_declared_schema_and_add_reference_prepends():
     cfg = _tiny_cfg()
     batch = _source_batch()
     assert batch.column("candidates").to_pylist()[0][0]["op"] == "reference"
-    for stage in (CleanCandidates(cfg), AnnotateEntities(cfg), ScoreToxicity(cfg)):
+    for stage in (CleanCandidates(cfg.min_words), AnnotateEntities(cfg.ner), ScoreToxicity(cfg.toxicity)):
         batch = stage(batch)
     out = Finalize(cfg)(batch)
     assert out.schema.equals(AUGMENTED_SCHEMA)
@@ -114,13 +115,13 @@ def test_stripped_candidate_keeps_spans_and_toxicity_of_its_final_text():
         candidate("Greg in Denver kept my deposit and laughed.", "mask_fill", toxicity=0.5,
                   entities=[entity(0, 4, "PERSON", "Greg")]),  # nothing to strip: the op's scores stay
     ]], CANDIDATE_LIST)
-    cleaned = CleanCandidates(cfg)(batch)
+    cleaned = CleanCandidates(cfg.min_words)(batch)
     by_op = {c["op"]: c for c in cleaned.column(CANDIDATES).to_pylist()[0]}
     assert by_op["low_confidence"]["text"] == raw.removeprefix("TL;DR: ")
     assert by_op["low_confidence"]["toxicity"] is None and by_op["low_confidence"]["entities"] is None
     assert by_op["mask_fill"]["toxicity"] == 0.5 and by_op["mask_fill"]["entities"] is not None
 
-    ner, tox = AnnotateEntities(cfg), ScoreToxicity(cfg)
+    ner, tox = AnnotateCandidates.from_config(cfg), ScoreToxicity.from_config(cfg)
     out = Finalize(cfg)(tox(ner(cleaned))).to_pylist()[0]
     kept = {c["op"]: c for c in out["positives"] + out["negatives"]}
     final = kept["low_confidence"]
@@ -138,7 +139,7 @@ def test_toxic_rewrite_is_kept_iff_its_final_text_is_toxic():
         candidate("Summary: Greg, you useless idiot, give it back.", "toxic_rewrite", toxicity=0.9),
         candidate("Greg, you absolute clown, pay me back.", "toxic_rewrite", toxicity=0.7),
     ])
-    cands, _ = clean_candidates(row, cfg)
+    cands, _ = clean_candidates(row, cfg.min_words)
     assert [c["toxicity"] for c in cands if c["op"] == "toxic_rewrite"] == [None, 0.7]
 
     def score(cands):  # the stripped text is re-scored, and now falls below the threshold

@@ -36,7 +36,7 @@ def sample_rows():
 
 @pytest.fixture(scope="module")
 def op():
-    return Backtranslate(cfg(), seed=0)
+    return Backtranslate(cfg().backtranslate, seed=0)
 
 
 def test_paraphrases_are_positive_one_per_pivot_and_never_the_reference(op, sample_rows):
@@ -69,7 +69,7 @@ def test_paraphrases_are_positive_one_per_pivot_and_never_the_reference(op, samp
 def test_same_seed_reproduces_and_another_seed_differs(op, sample_rows, monkeypatch):
     batch = op_table(sample_rows[:2])
     first = op(batch).to_pylist()
-    again = Backtranslate(cfg(), seed=0)(batch).to_pylist()  # a fresh actor, same seed
+    again = Backtranslate(cfg().backtranslate, seed=0)(batch).to_pylist()  # a fresh actor, same seed
     assert again == first
     monkeypatch.setattr(op, "seed", 1)  # same models, another seed
     other = op(batch).to_pylist()
@@ -91,7 +91,7 @@ class ScriptedBack(Backtranslate):
 
 def test_reference_echo_and_repeats_become_drops(sample_rows):
     ref = sample_rows[0]["summary"]
-    op = ScriptedBack(cfg(), seed=0)
+    op = ScriptedBack(cfg().backtranslate, seed=0)
     op.script = {"de": "  " + ref.upper() + " ", "fr": "A brand new   paraphrase.", "es": "a brand NEW paraphrase."}
     (row,) = op(op_table(sample_rows[:1])).to_pylist()
     assert [(c["text"], json.loads(c["info"])["pivot"]) for c in row["candidates"]] == [("A brand new   paraphrase.", "fr")]
@@ -122,7 +122,7 @@ class Boom(Backtranslate):
 def test_failing_row_yields_an_error_drop_and_others_keep_candidates(sample_rows):
     bad = dict(sample_rows[1], id="bad", summary=f"{BOOM} is where my landlord kept the deposit.",
                summary_entities=[])
-    out = Boom(cfg(), seed=0)(op_table([sample_rows[0], bad, sample_rows[2]])).to_pylist()
+    out = Boom(cfg().backtranslate, seed=0)(op_table([sample_rows[0], bad, sample_rows[2]])).to_pylist()
     assert [r["id"] for r in out] == [sample_rows[0]["id"], "bad", sample_rows[2]["id"]]
     assert out[1]["candidates"] == []
     assert [(d["op"], d["reason"]) for d in out[1]["drops"]] == [("backtranslate", "error")]

@@ -47,13 +47,13 @@ def test_op_on_a_batch_records_rows_without_swaps():
                       "summary": [SUMMARY, "Nothing named."], "subreddit": [None, None], "title": [None, None],
                       "post_entities": [POST_E, []], "summary_entities": [SUM_E, []]})
     before = batch.to_pylist()
-    out = EntitySwap(AugmentConfig(), seed=1)(batch).to_pylist()
+    out = EntitySwap(AugmentConfig().entity_swap, seed=1)(batch).to_pylist()
     assert batch.to_pylist() == before  # input untouched
     assert [c["op"] for c in out[0]["candidates"]] == ["entity_swap"] * len(out[0]["candidates"])
     assert 1 <= len(out[0]["candidates"]) <= 3 and not out[0]["drops"]
     assert out[1]["candidates"] == [] and [d["reason"] for d in out[1]["drops"]] == ["no_swappable_entity"]
     # deterministic by seed
-    assert EntitySwap(AugmentConfig(), seed=1)(batch).to_pylist() == out
+    assert EntitySwap(AugmentConfig().entity_swap, seed=1)(batch).to_pylist() == out
 
 
 def test_max_variations_and_swaps_are_respected():

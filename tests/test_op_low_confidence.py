@@ -39,7 +39,7 @@ def config(*overrides):
 
 @pytest.fixture(scope="module")
 def lowcon():
-    return LowConfidence(config().augment, device="cpu", seed=0)
+    return LowConfidence(config().augment.low_confidence, device="cpu", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -129,9 +129,9 @@ def test_cliff_rule_on_the_real_model(lowcon):
     batch = pa.Table.from_pylist(rows)
     plain = lowcon(batch)  # the same beams, chosen without the rule
     strict = LowConfidence(config("augment.low_confidence.cliff_rule=true",
-                                  "augment.low_confidence.cliff_threshold=0.0").augment)(batch)
+                                  "augment.low_confidence.cliff_threshold=0.0").augment.low_confidence)(batch)
     loose = LowConfidence(config("augment.low_confidence.cliff_rule=true",
-                                 "augment.low_confidence.cliff_threshold=1.0").augment)(batch)
+                                 "augment.low_confidence.cliff_threshold=1.0").augment.low_confidence)(batch)
     for i in range(2):
         (chosen,) = only(plain, i)[0]
         has_propn_num = bool(propn_num_spans(chosen["text"]))
@@ -158,7 +158,7 @@ class ScriptedGenerator:
 
 
 def test_cliff_rule_keeps_only_unsure_names_and_numbers():
-    op = LowConfidence(config("augment.low_confidence.cliff_rule=true").augment)  # tau = 0.21 (Table 10)
+    op = LowConfidence(config("augment.low_confidence.cliff_rule=true").augment.low_confidence)  # tau = 0.21 (Table 10)
     tok = op.generator.tokenizer
     low_logprob = torch.log(torch.tensor(0.1)).item()
 
@@ -197,4 +197,4 @@ def test_a_failing_row_becomes_an_error_drop_and_the_others_keep_theirs(lowcon):
 
 def test_vllm_backend_is_refused_before_loading_anything():
     with pytest.raises(ValueError, match="Set augment.low_confidence.backend=hf"):
-        LowConfidence(config("augment.low_confidence.backend=vllm").augment)
+        LowConfidence(config("augment.low_confidence.backend=vllm").augment.low_confidence)

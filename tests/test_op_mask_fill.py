@@ -40,7 +40,7 @@ def sample_rows():
 
 @pytest.fixture(scope="module")
 def op():
-    return MaskFill(cfg(), seed=0)
+    return MaskFill(cfg().mask_fill, seed=0)
 
 
 def rebuild(ref, spans):
@@ -103,7 +103,7 @@ def test_without_entities_a_mask_ratio_of_word_tokens_is_refilled(op, sample_row
 def test_same_seed_reproduces_and_another_seed_differs(op, sample_rows, monkeypatch):
     batch = op_table(sample_rows)
     first = op(batch).to_pylist()
-    assert MaskFill(cfg(), seed=0)(batch).to_pylist() == first
+    assert MaskFill(cfg().mask_fill, seed=0)(batch).to_pylist() == first
     monkeypatch.setattr(op, "seed", 1)  # same models, another seed
     other = op(batch).to_pylist()
     texts = lambda rows: [c["text"] for r in rows for c in r["candidates"]]  # noqa: E731
@@ -147,7 +147,7 @@ class Restoring(MaskFill):
 
 
 def test_fills_equal_to_the_reference_are_resampled_then_dropped(sample_rows):
-    (out,) = Restoring(cfg(), seed=0)(op_table(sample_rows[:1])).to_pylist()
+    (out,) = Restoring(cfg().mask_fill, seed=0)(op_table(sample_rows[:1])).to_pylist()
     assert out["candidates"] == []
     drops = out["drops"]
     assert [d["reason"] for d in drops] == ["same_as_reference"] * (2 * MAX_ATTEMPTS)  # 2 variations
@@ -168,7 +168,7 @@ class Boom(MaskFill):
 def test_failing_row_yields_an_error_drop_and_others_keep_candidates(sample_rows):
     bad = dict(sample_rows[2], id="bad", summary=f"{BOOM} is where my landlord kept the deposit.",
                summary_entities=[])
-    out = Boom(cfg(), seed=0)(op_table([sample_rows[0], bad, sample_rows[1]])).to_pylist()
+    out = Boom(cfg().mask_fill, seed=0)(op_table([sample_rows[0], bad, sample_rows[1]])).to_pylist()
     assert [r["id"] for r in out] == [sample_rows[0]["id"], "bad", sample_rows[1]["id"]]
     assert out[1]["candidates"] == []
     assert [(d["op"], d["reason"]) for d in out[1]["drops"]] == [("mask_fill", "error")]

@@ -41,7 +41,7 @@ def sample_rows():
 
 @pytest.fixture(scope="module")
 def op():
-    return Regenerate(cfg(), seed=0)
+    return Regenerate(cfg().regenerate, seed=0)
 
 
 def check_splice(ref, cand):
@@ -88,7 +88,7 @@ def test_without_entities_a_middle_relation_span_is_regenerated(op, sample_rows)
 
 
 def test_two_spans_give_a_candidate_only_when_every_sentinel_is_filled(sample_rows):
-    out = Regenerate(cfg("augment.regenerate.max_swaps=2"), seed=0)(op_table(sample_rows[:2])).to_pylist()
+    out = Regenerate(cfg("augment.regenerate.max_swaps=2").regenerate, seed=0)(op_table(sample_rows[:2])).to_pylist()
     for row in out:
         assert len(row["candidates"]) + len(row["drops"]) == 1
         for c in row["candidates"]:
@@ -128,7 +128,7 @@ class Scripted(Regenerate):
 def test_restored_or_empty_fills_are_dropped(sample_rows, answer, reason):
     ent = sample_rows[0][SUMMARY_ENTITIES][0]
     row = dict(sample_rows[0], summary_entities=[ent])
-    op = Scripted(cfg(), seed=0)
+    op = Scripted(cfg().regenerate, seed=0)
     s0, s1 = op.sentinel_ids[:2]
     words = op.tokenizer(ent["text"].upper(), add_special_tokens=False)["input_ids"]
     op.answer = {"restore": [s0, *words, s1], "empty": [s0, s1, op.tokenizer.eos_token_id], "none": []}[answer]
@@ -172,7 +172,7 @@ def test_a_summary_too_long_to_fit_is_dropped_not_cut(op, sample_rows):
 def test_same_seed_reproduces_and_another_seed_differs(op, sample_rows, monkeypatch):
     batch = op_table(sample_rows)
     first = op(batch).to_pylist()
-    assert Regenerate(cfg(), seed=0)(batch).to_pylist() == first
+    assert Regenerate(cfg().regenerate, seed=0)(batch).to_pylist() == first
     monkeypatch.setattr(op, "seed", 1)  # same models, another seed
     other = op(batch).to_pylist()
     texts = lambda rows: [x["text"] for r in rows for x in r["candidates"] + r["drops"]]  # noqa: E731
@@ -191,7 +191,7 @@ class Boom(Regenerate):
 def test_failing_row_yields_an_error_drop_and_others_keep_candidates(sample_rows):
     bad = dict(sample_rows[2], id="bad", summary=f"{BOOM} is where my landlord kept the deposit.",
                summary_entities=[])
-    out = Boom(cfg(), seed=0)(op_table([sample_rows[0], bad, sample_rows[1]])).to_pylist()
+    out = Boom(cfg().regenerate, seed=0)(op_table([sample_rows[0], bad, sample_rows[1]])).to_pylist()
     assert [r["id"] for r in out] == [sample_rows[0]["id"], "bad", sample_rows[1]["id"]]
     assert out[1]["candidates"] == []
     assert [(d["op"], d["reason"]) for d in out[1]["drops"]] == [("regenerate", "error")]

@@ -43,7 +43,7 @@ def op(threshold=0.0, seed=0, backend="hf"):
     key = (threshold, seed, backend)
     if key not in _ops:
         cfg = config(f"augment.toxic_rewrite.toxicity_threshold={threshold}", f"augment.toxic_rewrite.backend={backend}")
-        _ops[key] = ToxicRewrite(cfg.augment, device="cpu", seed=seed)
+        _ops[key] = ToxicRewrite(cfg.augment.toxic_rewrite, cfg.augment.toxicity, device="cpu", seed=seed)
     return _ops[key]
 
 
@@ -198,7 +198,7 @@ def test_the_op_prompts_with_and_drops_echoes_of_the_configured_exemplars():
 
     pairs = [["My cat sat on the mat.", "That dumb cat."]]
     cfg = config(f"augment.toxic_rewrite.exemplars={json.dumps(pairs)}", "augment.toxic_rewrite.toxicity_threshold=0.0")
-    rewrite = ToxicRewrite(cfg.augment, device="cpu")
+    rewrite = ToxicRewrite(cfg.augment.toxic_rewrite, cfg.augment.toxicity, device="cpu")
     seen = []
 
     def generate(prompts, params):

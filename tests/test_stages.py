@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from support import REPO
+from support import REPO, SMOKE
 
 from raydebias import schema as S
 from raydebias import stages
@@ -101,3 +101,17 @@ def test_no_import_circle_and_train_never_imports_augment():
     # a package importing its own submodules (raydebias.x -> raydebias.x.y -> raydebias.x) is not a circle
     cycles = [c for c in cycles if not all(n.startswith(c[0] + ".") or n == c[0] for n in c)]
     assert not cycles, cycles
+
+
+def test_a_missing_input_no_stage_produces_is_refused_before_anything_runs(tmp_path):
+    from raydebias.errors import DataError
+
+    out = RunDir(tmp_path / "run")
+    smoke = load_config(SMOKE, [])
+    with pytest.raises(ConfigError, match="no trained model"):
+        stages.check(["evaluate"], smoke, out)
+    stages.check(["evaluate"], load_config(SMOKE, ["evaluate.model=tiny:gpt2"]), out)  # a given model: fine
+    stages.check(stages.plan("all", smoke, out), smoke, out)  # `all` trains before it evaluates
+    with pytest.raises(DataError, match="nope.jsonl"):
+        stages.check(["data", "augment"], load_config(SMOKE, [f"data.source={tmp_path / 'nope.jsonl'}"]), out)
+    assert not out.sources_dir("train").exists()

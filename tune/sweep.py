@@ -58,10 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         return job
     cli.announce(job, args, space=args.space)
     cfg, out = job.cfg, job.out
-    init_ray(cfg)
 
     def run() -> int:
-        for name in stages.plan("sweep", cfg, out)[:-1]:  # the upstream stages whose outputs are missing
+        todo = stages.plan("sweep", cfg, out)
+        stages.check(todo, cfg, out)  # before Ray starts or any stage runs
+        init_ray(cfg)
+        for name in todo[:-1]:  # the upstream stages whose outputs are missing
             log.info("sweep: running the %s stage first (its outputs are missing in %s)", name, out.root)
             stages.run_stage(name, cfg, out)
         summary = stages.run_stage("sweep", cfg, out, space=space)

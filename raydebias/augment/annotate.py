@@ -1,14 +1,15 @@
-"""The two scoring stages of augmentation: entity spans and toxicity for every row and candidate.
+"""The scoring stages of augmentation: entity spans and toxicity for every row and candidate.
 
 SPEC §2: "Every candidate records `text`, `op`, `toxicity`, and its named-entity character spans".
-``AnnotateEntities`` runs before the ops (entity_swap, mask_fill, regenerate and the backtranslation
-filter read ``post_entities``/``summary_entities``) and again after them (for the new candidates);
-``ScoreToxicity`` runs after the ops. Both only fill what is still null, so running one twice costs
-nothing and a score an op computed itself (toxic_rewrite keeps a rewrite iff toxicity >= 0.4) is kept.
+``AnnotateEntities`` (stage ``ner``) runs before the ops (entity_swap, mask_fill and regenerate read
+``post_entities``/``summary_entities``); ``AnnotateCandidates`` (``ner_candidates``, the same tagger)
+and ``ScoreToxicity`` (``toxicity``) run after cleaning, on the stored texts. All only fill what is still
+null, so a second pass costs nothing and a score an op computed itself (toxic_rewrite keeps a rewrite
+iff toxicity >= 0.4) is kept.
 
-Shaped like every op (STYLE habit 1): the model is loaded once in ``__init__``; ``__call__`` takes a
-``pa.Table`` and returns a new one with the same rows in the same order, every other column untouched.
-No Ray here: augment/pipeline.py maps these over the dataset.
+Shaped like every stage (augment/stage.py): the model is loaded once in ``__init__``; ``process_batch``
+takes a ``pa.Table`` and returns a new one with the same rows in the same order, every other column
+untouched. No Ray here: augment/pipeline.py maps these over the dataset.
 
 Faults: one call covers the whole batch (models batch well). If it raises, every text is retried
 alone; a candidate whose text still fails is removed from ``candidates`` and recorded in ``drops``
@@ -40,11 +41,12 @@ from raydebias.augment.candidates import (
     ensure_columns,
     set_column,
 )
-from raydebias.config import AugmentConfig
+from raydebias.augment.stage import AugmentStage
+from raydebias.config import NerConfig, ToxicityConfig
 from raydebias.scoring.ner import EntityTagger
 from raydebias.scoring.toxicity import load_toxicity_scorer
 
-__all__ = ["AnnotateEntities", "ScoreToxicity", "STAGES"]
+__all__ = ["AnnotateCandidates", "AnnotateEntities", "ScoreToxicity"]
 
 log = logging.getLogger(__name__)
 
@@ -101,17 +103,19 @@ def _with_results(stage: str, key: str, cands: list[list[dict]], drops: list[lis
     return cands, drops
 
 
-class AnnotateEntities:
+class AnnotateEntities(AugmentStage):
     """Fill ``post_entities``, ``summary_entities`` and each candidate's null ``entities`` (spaCy NER)."""
 
-    name = "annotate_entities"
+    name = section = "ner"
+    reads = ("post", "summary", "candidates.text")
+    writes = ("post_entities", "summary_entities", "candidates.entities", "drops")
 
-    def __init__(self, cfg: AugmentConfig, device: str = "cpu", seed: int = 0):
+    def __init__(self, cfg: NerConfig, device: str = "cpu", seed: int = 0):
         # spaCy runs on CPU here (the NER pool asks for no GPU); device and seed are accepted so every
         # stage is built the same way, and NER is deterministic.
-        self.tagger = EntityTagger(cfg.ner.model)
+        self.tagger = EntityTagger(cfg.model)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def process_batch(self, batch: pa.Table) -> pa.Table:
         batch = ensure_columns(batch)
         texts = {POST_ENTITIES: _column(batch, S.POST), SUMMARY_ENTITIES: _column(batch, S.SUMMARY)}
         found = {name: _column(batch, name) for name in texts}
@@ -140,6 +144,16 @@ class AnnotateEntities:
         return set_column(batch, DROPS, drops, DROP_LIST)
 
 
+class AnnotateCandidates(AnnotateEntities):
+    """The same tagger after cleaning: entity spans of the new candidates' stored texts (the sources'
+    are already filled), with the ``ner`` pool's settings and resources."""
+
+    name = "ner_candidates"
+    reads = ("candidates.text",)
+    writes = ("candidates.entities", "drops")
+    needs = ("clean",)  # spans must index the stored (cleaned) text
+
+
 def _checked(score: Callable[[list[str]], list[float]]) -> Callable[[list[str]], list[float]]:
     """``score`` that raises on a NaN or out-of-range value, so that text is isolated and dropped
     instead of passing every ``toxicity >= threshold`` test as False (NaN) downstream."""
@@ -155,16 +169,19 @@ def _checked(score: Callable[[list[str]], list[float]]) -> Callable[[list[str]],
     return run
 
 
-class ScoreToxicity:
+class ScoreToxicity(AugmentStage):
     """Fill the null ``toxicity`` of every candidate with ``augment.toxicity``'s scorer (SPEC §2)."""
 
-    name = "score_toxicity"
+    name = section = "toxicity"
+    reads = ("candidates.text",)
+    writes = ("candidates.toxicity", "drops")
+    needs = ("clean",)  # the score must belong to the stored (cleaned) text
 
-    def __init__(self, cfg: AugmentConfig, device: str = "cpu", seed: int = 0):
+    def __init__(self, cfg: ToxicityConfig, device: str = "cpu", seed: int = 0):
         # seed is accepted so every stage is built the same way; scoring is deterministic.
-        self.scorer = load_toxicity_scorer(cfg.toxicity, device=device)
+        self.scorer = load_toxicity_scorer(cfg, device=device)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def process_batch(self, batch: pa.Table) -> pa.Table:
         batch = ensure_columns(batch)
         cands = [list(c or []) for c in _column(batch, CANDIDATES)]
         drops = [list(d or []) for d in _column(batch, DROPS)]
@@ -173,7 +190,3 @@ class ScoreToxicity:
         cands, drops = _with_results(self.name, "toxicity", cands, drops, slots, results)
         batch = set_column(batch, CANDIDATES, cands, CANDIDATE_LIST)
         return set_column(batch, DROPS, drops, DROP_LIST)
-
-
-# One registry, a plain dict (STYLE habit 4): stage name -> class.
-STAGES = {"annotate_entities": AnnotateEntities, "score_toxicity": ScoreToxicity}

@@ -23,10 +23,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import pyarrow as pa
-
-from raydebias.augment.candidates import RowResult, apply_rows, candidate, drop, norm
-from raydebias.config import AugmentConfig
+from raydebias.augment.candidates import RowResult, candidate, drop, norm
+from raydebias.augment.stage import RowOp
+from raydebias.config import BacktranslateConfig
 from raydebias.generation import derive_seed
 from raydebias.models import load_model, max_input_tokens
 
@@ -35,13 +34,14 @@ __all__ = ["Backtranslate"]
 # Tokenizers without a configured limit report a huge sentinel (int(1e30)); below this it is real.
 
 
-class Backtranslate:
+class Backtranslate(RowOp):
     """en -> pivot -> en paraphrases of the reference summary, one per pivot (positives)."""
 
-    name = "backtranslate"
+    name = section = "backtranslate"
+    reads = ("id", "summary")
 
-    def __init__(self, cfg: AugmentConfig, device: str = "cpu", seed: int = 0):
-        self.cfg, self.seed = cfg.backtranslate, seed
+    def __init__(self, cfg: BacktranslateConfig, device: str = "cpu", seed: int = 0):
+        self.cfg, self.seed = cfg, seed
         if not self.cfg.pivots:
             raise ValueError("augment.backtranslate.pivots is empty; give at least one pivot language, e.g. [de]")
         # pivot -> ((forward model, tokenizer), (backward model, tokenizer)); loaded once per actor.
@@ -50,9 +50,6 @@ class Backtranslate:
                 load_model(self.cfg.backward_model.format(pivot=p), "seq2seq_lm", device=device))
             for p in self.cfg.pivots
         }
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return apply_rows(batch, self.name, self._rows)
 
     def _translate(self, model: Any, tokenizer: Any, texts: list[str]) -> list[str]:
         """One padded beam-sample ``generate`` call over ``texts`` (the model boundary)."""
@@ -68,7 +65,7 @@ class Backtranslate:
             out = model.generate(**enc, **kwargs)
         return [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
 
-    def _rows(self, rows: list[dict]) -> list[RowResult]:
+    def process_rows(self, rows: list[dict]) -> list[RowResult]:
         import torch
 
         # Beam-sample draws from torch's global RNG: seed it per batch (STYLE: reproducible sampling).

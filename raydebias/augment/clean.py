@@ -2,7 +2,8 @@
 
 Two steps, so that every entity span and toxicity score belongs to the exact text that is stored:
 
-``CleanCandidates`` runs after the ops and BEFORE entity annotation and toxicity scoring:
+``CleanCandidates`` (stage ``clean``) runs after the ops and BEFORE entity annotation and toxicity scoring
+(it declares ``after`` = every op, and the scoring stages declare ``needs = ("clean",)``):
 
 1. strip echoed prompt text and few-shot scaffolding ("TL;DR:", "Toxic rewrite:", "Original text:",
    "SUBREDDIT:/TITLE:/POST:" lines) from generated candidates; a candidate whose text changed loses
@@ -46,6 +47,8 @@ from raydebias.augment.candidates import (
     norm,
     set_column,
 )
+from raydebias.augment.registry import OPS
+from raydebias.augment.stage import AugmentStage
 from raydebias.config import AugmentConfig
 
 REFERENCE_OP = "reference"
@@ -97,15 +100,15 @@ def _sorted_candidates(cands: list[dict]) -> list[dict]:
     return sorted(cands, key=lambda c: (not c["positive"], c["op"] != REFERENCE_OP))
 
 
-def clean_candidates(row: dict, cfg: AugmentConfig) -> tuple[list[dict], list[dict]]:
+def clean_candidates(row: dict, min_words: int) -> tuple[list[dict], list[dict]]:
     """Steps 1-3 on one working row -> (candidates kept, drops); run before annotation and scoring."""
     drops = list(row.get(DROPS) or [])
     kept, seen = [], set()
     for c in _sorted_candidates(list(row.get(CANDIDATES) or [])):
         op = c["op"]
         text = c["text"] if op == REFERENCE_OP else strip_scaffolding(c["text"])
-        if op != REFERENCE_OP and len(text.split()) < cfg.min_words:
-            drops.append(drop(op, "too_short", f"{len(text.split())} words < augment.min_words={cfg.min_words}",
+        if op != REFERENCE_OP and len(text.split()) < min_words:
+            drops.append(drop(op, "too_short", f"{len(text.split())} words < augment.min_words={min_words}",
                               c["text"]))
             continue
         key = (bool(c["positive"]), norm(text))
@@ -119,19 +122,30 @@ def clean_candidates(row: dict, cfg: AugmentConfig) -> tuple[list[dict], list[di
     return kept, drops
 
 
-class CleanCandidates:
-    """Batch stage (no model): :func:`clean_candidates` on every row, before annotation and scoring."""
+class CleanCandidates(AugmentStage):
+    """Batch stage (no model): :func:`clean_candidates` on every row, before annotation and scoring.
+
+    Its one setting is ``augment.min_words`` (no section of its own, so no actor pool: plain tasks).
+    """
 
     name = "clean"
+    section = None
+    reads = ("candidates",)
+    writes = ("candidates", "drops")
+    after = tuple(OPS)  # every candidate an op made is cleaned
 
-    def __init__(self, cfg: AugmentConfig, device: str = "cpu", seed: int = 0):
+    def __init__(self, min_words: int = 3, device: str = "cpu", seed: int = 0):
         # device and seed are accepted so every stage is built the same way; cleaning is deterministic.
-        self.cfg = cfg
+        self.min_words = min_words
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    @classmethod
+    def from_config(cls, cfg: AugmentConfig, device: str = "cpu", seed: int = 0) -> CleanCandidates:
+        return cls(cfg.min_words, device=device, seed=seed)
+
+    def process_batch(self, batch: pa.Table) -> pa.Table:
         batch = ensure_columns(batch)
         cols = batch.select([c for c in (*S.SOURCE_COLUMNS, CANDIDATES, DROPS) if c in batch.column_names])
-        done = [clean_candidates(r, self.cfg) for r in cols.to_pylist()]
+        done = [clean_candidates(r, self.min_words) for r in cols.to_pylist()]
         batch = set_column(batch, CANDIDATES, [d[0] for d in done], CANDIDATE_LIST)
         return set_column(batch, DROPS, [d[1] for d in done], DROP_LIST)
 
@@ -186,7 +200,7 @@ def finalize_row(row: dict, cfg: AugmentConfig) -> dict:
 def clean_row(row: dict, cfg: AugmentConfig, score: Any = None) -> dict:
     """Both steps on one working row (tests, tools): clean, then ``score(candidates)`` (filling null
     ``toxicity``/``entities`` in place, as the scoring stages do), then finalize."""
-    cands, drops = clean_candidates(row, cfg)
+    cands, drops = clean_candidates(row, cfg.min_words)
     if score is not None:
         score(cands)
     return finalize_row({**row, CANDIDATES: cands, DROPS: drops}, cfg)

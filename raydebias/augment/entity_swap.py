@@ -17,10 +17,9 @@ import hashlib
 import itertools
 import random
 
-import pyarrow as pa
-
-from raydebias.augment.candidates import RowResult, apply_rows, candidate, drop, norm
-from raydebias.config import AugmentConfig
+from raydebias.augment.candidates import RowResult, candidate, drop, norm
+from raydebias.augment.stage import RowOp
+from raydebias.config import EntitySwapConfig
 
 
 def _rng(seed: int, rid: str) -> random.Random:
@@ -65,16 +64,17 @@ def swap_variations(summary: str, summary_entities: list[dict], post_entities: l
     return out
 
 
-class EntitySwap:
-    name = "entity_swap"
+class EntitySwap(RowOp):
+    """Same-label post entities swapped into the reference summary (negatives); no model of its own."""
 
-    def __init__(self, cfg: AugmentConfig, device: str = "cpu", seed: int = 0):
-        self.cfg, self.seed = cfg.entity_swap, seed
+    name = section = "entity_swap"
+    reads = ("id", "summary", "post_entities", "summary_entities")
+    needs = ("ner",)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return apply_rows(batch, self.name, self._rows)
+    def __init__(self, cfg: EntitySwapConfig, device: str = "cpu", seed: int = 0):
+        self.cfg, self.seed = cfg, seed
 
-    def _rows(self, rows: list[dict]) -> list[RowResult]:
+    def process_rows(self, rows: list[dict]) -> list[RowResult]:
         results = []
         for row in rows:
             variations = swap_variations(

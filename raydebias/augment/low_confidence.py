@@ -20,10 +20,9 @@ import math
 import re
 from typing import Any
 
-import pyarrow as pa
-
-from raydebias.augment.candidates import RowResult, apply_rows, candidate, drop
-from raydebias.config import AugmentConfig
+from raydebias.augment.candidates import RowResult, candidate, drop
+from raydebias.augment.stage import RowOp
+from raydebias.config import LowConfidenceConfig
 from raydebias.generation import GenParams, derive_seed, make_generator
 from raydebias.prompts import format_prompt
 
@@ -101,11 +100,14 @@ def min_propn_num_prob(tokenizer: Any, token_ids: list[int], token_logprobs: lis
     return math.exp(min(lows)) if lows else None
 
 
-class LowConfidence:
-    name = "low_confidence"
+class LowConfidence(RowOp):
+    """The lowest-scoring beam of the summarisation prompt (eq. 1-2) as a negative."""
 
-    def __init__(self, cfg: AugmentConfig, device: str = "cpu", seed: int = 0):
-        self.cfg, self.seed = cfg.low_confidence, seed
+    name = section = "low_confidence"
+    reads = ("id", "post", "subreddit", "title")
+
+    def __init__(self, cfg: LowConfidenceConfig, device: str = "cpu", seed: int = 0):
+        self.cfg, self.seed = cfg, seed
         if self.cfg.backend != "hf":
             raise ValueError(
                 f"augment.low_confidence.backend={self.cfg.backend!r} is not supported: eq. 1 needs Hugging "
@@ -115,9 +117,6 @@ class LowConfidence:
         self.generator = make_generator(self.cfg.backend, self.cfg.model, device,
                                         gpu_fraction=self.cfg.resources.num_gpus)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return apply_rows(batch, self.name, self._rows)
-
     def params(self, first_id: str) -> GenParams:
         c = self.cfg
         return GenParams(
@@ -126,7 +125,7 @@ class LowConfidence:
             seed=derive_seed(self.seed, self.name, first_id),  # beam search does not sample; kept for uniformity
         )
 
-    def _rows(self, rows: list[dict]) -> list[RowResult]:
+    def process_rows(self, rows: list[dict]) -> list[RowResult]:
         tokenizer = self.generator.tokenizer
         results: list[RowResult] = [([], []) for _ in rows]
         todo: list[tuple[int, str, bool]] = []

@@ -33,10 +33,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import pyarrow as pa
-
-from raydebias.augment.candidates import RowResult, apply_rows, candidate, drop, norm
-from raydebias.config import AugmentConfig
+from raydebias.augment.candidates import RowResult, candidate, drop, norm
+from raydebias.augment.stage import RowOp
+from raydebias.config import MaskFillConfig
 from raydebias.generation import derive_seed
 from raydebias.models import load_model, max_input_tokens
 
@@ -56,23 +55,22 @@ def _runs(positions: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-class MaskFill:
+class MaskFill(RowOp):
     """RoBERTa top-k refill of the summary's entity tokens (or 15% of its words) -> negatives."""
 
-    name = "mask_fill"
+    name = section = "mask_fill"
+    reads = ("id", "summary", "summary_entities")
+    needs = ("ner",)
 
-    def __init__(self, cfg: AugmentConfig, device: str = "cpu", seed: int = 0):
-        self.cfg, self.seed = cfg.mask_fill, seed
-        self.max_swaps = cfg.mask_fill.max_swaps
+    def __init__(self, cfg: MaskFillConfig, device: str = "cpu", seed: int = 0):
+        self.cfg, self.seed = cfg, seed
+        self.max_swaps = cfg.max_swaps
         self.model, self.tokenizer = load_model(self.cfg.model, "masked_lm", device=device)
         if self.tokenizer.mask_token_id is None:
             raise ValueError(f"augment.mask_fill.model {self.cfg.model!r} has no mask token; use a masked LM "
                              "such as FacebookAI/roberta-large")
         self.max_len = max_input_tokens(self.tokenizer, self.model)
         self.banned = sorted(set(self.tokenizer.all_special_ids))  # never sample <s>, </s>, <pad>, <mask>, ...
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return apply_rows(batch, self.name, self._rows)
 
     # -- which tokens to mask -------------------------------------------------------------------
 
@@ -151,7 +149,7 @@ class MaskFill:
             text = text[: s["start"]] + s["fill"] + text[s["end"]:]
         return text, spans
 
-    def _rows(self, rows: list[dict]) -> list[RowResult]:
+    def process_rows(self, rows: list[dict]) -> list[RowResult]:
         import torch
 
         seed = derive_seed(self.seed, self.name, rows[0]["id"])

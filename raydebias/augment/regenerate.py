@@ -39,10 +39,9 @@ import random
 import re
 from typing import Any
 
-import pyarrow as pa
-
-from raydebias.augment.candidates import RowResult, apply_rows, candidate, drop, norm
-from raydebias.config import AugmentConfig
+from raydebias.augment.candidates import RowResult, candidate, drop, norm
+from raydebias.augment.stage import RowOp
+from raydebias.config import RegenerateConfig
 from raydebias.generation import derive_seed
 from raydebias.models import load_model, max_input_tokens
 
@@ -98,13 +97,15 @@ def parse_fills(ids: list[int], sentinel_ids: list[int], n: int, stop_ids: set[i
     return fills
 
 
-class Regenerate:
+class Regenerate(RowOp):
     """FLAN-T5 regeneration of masked entity/relation spans of the summary, conditioned on the post."""
 
-    name = "regenerate"
+    name = section = "regenerate"
+    reads = ("id", "post", "summary", "summary_entities")
+    needs = ("ner",)
 
-    def __init__(self, cfg: AugmentConfig, device: str = "cpu", seed: int = 0):
-        self.cfg, self.seed = cfg.regenerate, seed
+    def __init__(self, cfg: RegenerateConfig, device: str = "cpu", seed: int = 0):
+        self.cfg, self.seed = cfg, seed
         self.model, self.tokenizer = load_model(self.cfg.model, "seq2seq_lm", device=device)
         self.sentinels = sentinel_tokens(self.tokenizer)
         self.sentinel_ids = self.tokenizer.convert_tokens_to_ids(self.sentinels)
@@ -114,9 +115,6 @@ class Regenerate:
                               else self.model.config.decoder_start_token_id)
         eos = gen_cfg.eos_token_id if gen_cfg.eos_token_id is not None else self.tokenizer.eos_token_id
         self.stop_ids = set(eos) if isinstance(eos, list) else {eos}
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return apply_rows(batch, self.name, self._rows)
 
     # -- which spans -------------------------------------------------------------------------------
 
@@ -187,7 +185,7 @@ class Regenerate:
                                       decoder_input_ids=prefix.to(dev), **kwargs)
         return [row[1:].tolist() for row in out.cpu()]  # keep <extra_id_0>, drop the decoder start
 
-    def _rows(self, rows: list[dict]) -> list[RowResult]:
+    def process_rows(self, rows: list[dict]) -> list[RowResult]:
         import torch
 
         seed = derive_seed(self.seed, self.name, rows[0]["id"])

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import re
 
-import pyarrow as pa
-
-from raydebias.augment.candidates import RowResult, apply_rows, candidate, drop
-from raydebias.config import AugmentConfig
+from raydebias.augment.candidates import RowResult, candidate, drop
+from raydebias.augment.stage import RowOp
+from raydebias.config import ToxicityConfig, ToxicRewriteConfig
 from raydebias.generation import GenParams, derive_seed, make_generator
 from raydebias.scoring.toxicity import load_toxicity_scorer
 
@@ -94,18 +93,20 @@ def is_exemplar_echo(text: str, exemplars: Exemplars = FEW_SHOT_EXEMPLARS) -> bo
     return _norm(text) in {_norm(t) for pair in exemplars for t in pair}
 
 
-class ToxicRewrite:
-    name = "toxic_rewrite"
+class ToxicRewrite(RowOp):
+    """Few-shot toxic rewrites of the reference summary, kept iff toxic (negatives)."""
 
-    def __init__(self, cfg: AugmentConfig, device: str = "cpu", seed: int = 0):
-        self.cfg, self.seed = cfg.toxic_rewrite, seed
+    name = section = "toxic_rewrite"
+    uses = ("toxicity",)  # its rewrites are scored with the project's toxicity scorer
+    reads = ("id", "summary")
+    writes = ("candidates", "candidates.toxicity", "drops")
+
+    def __init__(self, cfg: ToxicRewriteConfig, toxicity: ToxicityConfig, device: str = "cpu", seed: int = 0):
+        self.cfg, self.seed = cfg, seed
         self.exemplars = resolve_exemplars(self.cfg.exemplars)
         self.generator = make_generator(self.cfg.backend, self.cfg.model, device,
                                         gpu_fraction=self.cfg.resources.num_gpus)
-        self.scorer = load_toxicity_scorer(cfg.toxicity, device)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return apply_rows(batch, self.name, self._rows)
+        self.scorer = load_toxicity_scorer(toxicity, device)
 
     def params(self, first_id: str) -> GenParams:
         c = self.cfg
@@ -115,7 +116,7 @@ class ToxicRewrite:
             seed=derive_seed(self.seed, self.name, first_id),
         )
 
-    def _rows(self, rows: list[dict]) -> list[RowResult]:
+    def process_rows(self, rows: list[dict]) -> list[RowResult]:
         results: list[RowResult] = [([], []) for _ in rows]
         todo: list[tuple[int, str]] = []
         for r, row in enumerate(rows):

@@ -99,9 +99,10 @@ class Generate:
         import torch
 
         from raydebias.generation import clamp_max_new_tokens, make_generator
+        from raydebias.models import actor_device
 
         torch.set_num_threads(1)
-        self.device = "cuda" if use_gpu else "cpu"
+        self.device = actor_device(use_gpu)
         self.gen = make_generator(backend, model, self.device, gpu_fraction=gpu_fraction)
         self.model_id, self.seed, self.min_prompt_tokens = model, seed, min_prompt_tokens
         self._scorer = None
@@ -209,11 +210,12 @@ class Score:
     def __init__(self, cfg: EvalConfig, toxicity: ToxicityConfig, use_gpu: bool):
         import torch
 
+        from raydebias.models import actor_device
         from raydebias.scoring.faithfulness import EntityPrecision, NLIFaithfulness
         from raydebias.scoring.toxicity import load_toxicity_scorer
 
         torch.set_num_threads(1)
-        device = "gpu" if use_gpu else "cpu"
+        device = actor_device(use_gpu)
         self.toxicity = load_toxicity_scorer(toxicity, device=device)
         self.nli = NLIFaithfulness(cfg.nli_model, entailment_label=cfg.nli_entailment_label,
                                    band=cfg.faithfulness_band, device=device)
@@ -318,7 +320,7 @@ def run_model(requests: pa.Table, model: str, cfg: Config, use_gpu: bool) -> lis
         return []
     import ray.data
 
-    from raydebias.pools import actor_pool
+    from raydebias.runtime import actor_pool
 
     e = cfg.evaluate
     g = e.generate
@@ -383,13 +385,9 @@ def run_evaluate_stage(cfg: Config, out: Any) -> dict[str, Any]:
 def quarantine_table(entries: list[tuple[str, dict[str, Any]]]) -> pa.Table:
     """(evaluated model name, quarantine entry) pairs -> QUARANTINE_SCHEMA rows: split = task,
     source_file = the model ("model" / "base") whose evaluation could not use the row."""
-    n = len(entries)
-    return pa.Table.from_arrays(
-        [pa.array(["evaluate"] * n), pa.array([b["task"] for _, b in entries]),
-         pa.array([b["reason"] for _, b in entries]), pa.array([b.get("detail", b["reason"]) for _, b in entries]),
-         pa.array([name for name, _ in entries]), pa.array([-1] * n, pa.int64()),
-         pa.array([b["item"] for _, b in entries]), pa.array([b["raw"] for _, b in entries])],
-        schema=S.QUARANTINE_SCHEMA)
+    return S.quarantine_table([{S.STAGE: "evaluate", S.SPLIT: b["task"], S.REASON: b["reason"],
+                                S.DETAIL: b.get("detail"), S.SOURCE_FILE: name, S.ID: b["item"], S.RAW: b["raw"]}
+                               for name, b in entries])
 
 
 __all__ = ["Generate", "Score", "build_requests", "model_budget", "models_to_evaluate", "quarantine_table",
