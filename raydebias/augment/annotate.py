@@ -23,7 +23,6 @@ import logging
 import math
 import numbers
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -43,6 +42,7 @@ from raydebias.augment.candidates import (
 )
 from raydebias.augment.stage import AugmentStage
 from raydebias.config import NerConfig, ToxicityConfig
+from raydebias.faults import Failed, isolated
 from raydebias.scoring.ner import EntityTagger
 from raydebias.scoring.toxicity import load_toxicity_scorer
 
@@ -51,36 +51,6 @@ __all__ = ["AnnotateCandidates", "AnnotateEntities", "ScoreToxicity"]
 log = logging.getLogger(__name__)
 
 MAX_DETAIL = 2000  # same cap as candidates.apply_rows: a traceback-sized message, not a novel
-
-
-@dataclass(frozen=True)
-class _Failed:
-    """The result slot of a text the model failed on, even alone; `error` is "ExcType: message"."""
-
-    error: str
-
-
-def _isolated(fn: Callable[[list[str]], list[Any]], texts: list[str], stage: str) -> list[Any]:
-    """``fn(texts)``, or, if that raises, ``fn([text])`` per text with failures as ``_Failed``."""
-    if not texts:
-        return []
-    try:
-        results = fn(texts)
-        if len(results) != len(texts):
-            raise RuntimeError(f"{stage}: got {len(results)} results for {len(texts)} texts")
-        return list(results)
-    except Exception as batch_error:  # noqa: BLE001 - isolate the bad text, then record it
-        log.warning("%s: batch of %d texts failed (%s: %s); retrying text by text",
-                    stage, len(texts), type(batch_error).__name__, batch_error)
-    results = []
-    for text in texts:
-        try:
-            (result,) = fn([text])
-            results.append(result)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("%s: one text failed alone too: %s: %s", stage, type(exc).__name__, exc)
-            results.append(_Failed(f"{type(exc).__name__}: {exc}"))
-    return results
 
 
 def _column(batch: pa.Table, name: str) -> list:
@@ -92,7 +62,7 @@ def _with_results(stage: str, key: str, cands: list[list[dict]], drops: list[lis
     """Write each result into ``cands[i][j][key]``; move failed candidates to drops (same row)."""
     failed: set[tuple[int, int]] = set()
     for (i, j), result in zip(slots, results, strict=True):
-        if isinstance(result, _Failed):
+        if isinstance(result, Failed):
             failed.add((i, j))
             detail = f"{stage}: {result.error}"[:MAX_DETAIL]
             drops[i].append(drop(cands[i][j]["op"], "error", detail, cands[i][j]["text"]))
@@ -126,10 +96,10 @@ class AnnotateEntities(AugmentStage):
         source_slots = [(name, i) for name in texts for i, ents in enumerate(found[name]) if ents is None]
         cand_slots = [(i, j) for i, row in enumerate(cands) for j, c in enumerate(row) if c["entities"] is None]
         queue = [texts[name][i] for name, i in source_slots] + [cands[i][j]["text"] for i, j in cand_slots]
-        results = _isolated(self.tagger.tag, queue, self.name)
+        results = isolated(self.tagger.tag, queue, self.name)
 
         for (name, i), result in zip(source_slots, results[: len(source_slots)], strict=True):
-            if isinstance(result, _Failed):
+            if isinstance(result, Failed):
                 # The row stays (its summary is still a positive); [] means "no entity known", and the
                 # drop makes the failure visible in the per-op counts.
                 which = S.POST if name == POST_ENTITIES else S.SUMMARY
@@ -186,7 +156,7 @@ class ScoreToxicity(AugmentStage):
         cands = [list(c or []) for c in _column(batch, CANDIDATES)]
         drops = [list(d or []) for d in _column(batch, DROPS)]
         slots = [(i, j) for i, row in enumerate(cands) for j, c in enumerate(row) if c["toxicity"] is None]
-        results = _isolated(_checked(self.scorer.score), [cands[i][j]["text"] for i, j in slots], self.name)
+        results = isolated(_checked(self.scorer.score), [cands[i][j]["text"] for i, j in slots], self.name)
         cands, drops = _with_results(self.name, "toxicity", cands, drops, slots, results)
         batch = set_column(batch, CANDIDATES, cands, CANDIDATE_LIST)
         return set_column(batch, DROPS, drops, DROP_LIST)

@@ -13,13 +13,12 @@ Ops never mutate their input: :func:`append` returns a new table. Ops do not imp
 from __future__ import annotations
 
 import json
-import logging
-import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyarrow as pa
 
+from raydebias.faults import Failed, isolated
 from raydebias.schema import (  # noqa: F401  (re-exported: ops build candidates and entities from here)
     CANDIDATE_LIST,
     CANDIDATE_TYPE,
@@ -30,8 +29,6 @@ from raydebias.schema import (  # noqa: F401  (re-exported: ops build candidates
     ENTITY_TYPE,
     entity,
 )
-
-log = logging.getLogger(__name__)
 
 POST_ENTITIES, SUMMARY_ENTITIES, CANDIDATES = "post_entities", "summary_entities", "candidates"
 # CANDIDATE_TYPE, DROP_TYPE and the list types are declared in raydebias/schema.py (the train stage
@@ -104,20 +101,6 @@ def apply_rows(batch: pa.Table, op: str, fn: Callable[[list[dict]], list[RowResu
     candidate from this op: one bad row never kills the job (issue: faults and resume).
     """
     batch = ensure_columns(batch)
-    items = rows(batch)
-    try:
-        results = fn(items)
-        if len(results) != len(items):
-            raise RuntimeError(f"{op}: returned {len(results)} results for {len(items)} rows")
-    except Exception as batch_error:  # noqa: BLE001 - isolate, then record per row
-        log.warning("%s: batch of %d rows failed (%s); retrying row by row", op, len(items), batch_error)
-        results = []
-        for item in items:
-            try:
-                (res,) = fn([item])
-                results.append(res)
-            except Exception as e:  # noqa: BLE001
-                detail = f"{type(e).__name__}: {e}"
-                log.warning("%s: row %s failed: %s\n%s", op, item.get("id"), detail, traceback.format_exc(limit=3))
-                results.append(([], [drop(op, "error", detail[:2000])]))
+    results = [([], [drop(op, "error", r.error)]) if isinstance(r, Failed) else r
+               for r in isolated(fn, rows(batch), op)]
     return append(batch, [r[0] for r in results], [r[1] for r in results])

@@ -39,35 +39,16 @@ import pyarrow as pa
 from raydebias import schema as S
 from raydebias.config import Config, ConfigError, EvalConfig, ToxicityConfig, config_to_dict
 from raydebias.evaluate import tasks as T
+from raydebias.faults import MAX_ERROR, Failed, isolated
 
 log = logging.getLogger(__name__)
 
 
 def _isolated(fn: Callable[[list[dict]], list[dict]], rows: list[dict], reason: str, what: str) -> list[dict]:
-    """``fn(rows)`` -> one result dict per row; if the batch raises (one bad input, one over-long request,
-    the batch's OOM), every row is redone alone, and a row that fails alone too gets
-    ``{ERROR: "<reason>: <Exception>: <message>"}`` while the others keep their results: one bad request
-    never aborts the evaluation (the same isolation as ``augment.candidates.apply_rows``)."""
-    try:
-        results = fn(rows)
-        if len(results) != len(rows):
-            raise RuntimeError(f"{what}: {len(results)} results for {len(rows)} requests")
-        return results
-    except Exception as batch_error:  # noqa: BLE001 - isolate the bad request, then record it
-        log.warning("%s: batch of %d requests failed (%s: %s); retrying them one by one", what, len(rows),
-                    type(batch_error).__name__, batch_error)
-        _release_accelerator_memory()
-    results = []
-    for row in rows:
-        try:
-            (res,) = fn([row])
-        except Exception as exc:  # noqa: BLE001
-            log.warning("%s: %s request %s failed alone too: %s: %s", what, row.get(T.TASK), row.get(T.ITEM),
-                        type(exc).__name__, exc)
-            _release_accelerator_memory()
-            res = {T.ERROR: f"{reason}: {type(exc).__name__}: {exc}"[:2000]}
-        results.append(res)
-    return results
+    """``fn(rows)`` -> one result dict per row, isolated (:func:`raydebias.faults.isolated`): a row that fails
+    alone gets ``{ERROR: "<reason>: <Exception>: <message>"}`` and ends in quarantine/evaluate."""
+    return [{T.ERROR: f"{reason}: {r.error}"[:MAX_ERROR]} if isinstance(r, Failed) else r
+            for r in isolated(fn, rows, what, after_failure=_release_accelerator_memory)]
 
 
 def _release_accelerator_memory() -> None:
