@@ -85,6 +85,13 @@ def _run_train(cfg: Config, out: Any) -> dict[str, Any]:
     return run_train_stage(cfg, out)
 
 
+def _train_check(cfg: Config, out: Any, planned: list[str]) -> None:
+    from raydebias.train.trainer import check_resumable, latest_checkpoint
+
+    # a checkpoint of other settings in this run directory is refused before the cluster starts
+    check_resumable(cfg, latest_checkpoint(out.train_dir))
+
+
 def _train_done(cfg: Config, out: Any) -> bool:
     return out.model_dir.complete
 
@@ -141,8 +148,8 @@ def _run_sweep(cfg: Config, out: Any, space: Any = None) -> dict[str, Any]:
 STAGES: dict[str, Stage] = {
     "data": Stage("data", lambda cfg: (), _data_done, _run_data, _data_check),
     "augment": Stage("augment", lambda cfg: ("data",), _augment_done, _run_augment),
-    "train": Stage("train", lambda cfg: ("augment",), _train_done, _run_train),
-    "augment+train": Stage("augment+train", lambda cfg: ("data",), _train_done, run_augment_and_train),
+    "train": Stage("train", lambda cfg: ("augment",), _train_done, _run_train, _train_check),
+    "augment+train": Stage("augment+train", lambda cfg: ("data",), _train_done, run_augment_and_train, _train_check),
     "evaluate": Stage("evaluate", lambda cfg: ("data",) if "tldr" in cfg.evaluate.tasks else (), _never_done,
                       _run_evaluate, _evaluate_check),
     "sweep": Stage("sweep", lambda cfg: ("augment",), _never_done, _run_sweep),

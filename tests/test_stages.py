@@ -115,3 +115,18 @@ def test_a_missing_input_no_stage_produces_is_refused_before_anything_runs(tmp_p
     with pytest.raises(DataError, match="nope.jsonl"):
         stages.check(["data", "augment"], load_config(SMOKE, [f"data.source={tmp_path / 'nope.jsonl'}"]), out)
     assert not out.sources_dir("train").exists()
+
+
+def test_a_checkpoint_of_other_settings_is_refused_before_the_cluster_starts(tmp_path):
+    import json
+
+    from raydebias.config import config_to_dict
+    from raydebias.train.checkpoint import STATE_META
+
+    out = RunDir(tmp_path / "run")
+    meta = out.train_dir / "run" / "step-0000004-abc" / STATE_META
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"step": 4, "train_config": config_to_dict(load_config(SMOKE, ["train.alpha=8"]))["train"]}))
+    with pytest.raises(ConfigError, match="train.alpha: checkpoint 8.0 vs now"):
+        stages.check(["train"], load_config(SMOKE, []), out)
+    stages.check(["train"], load_config(SMOKE, ["train.alpha=8", "train.epochs=9"]), out)  # epochs may change
