@@ -31,10 +31,17 @@ import pyarrow as pa
 from raydebias import schema as S
 from raydebias.augment.candidates import DROPS
 from raydebias.augment.clean import AUGMENTED_SCHEMA, POSITIVES, TRAINABLE, Finalize, add_reference
-from raydebias.augment.resume import AugmentRun, augment_complete, finished_ids, prepare_augment
+from raydebias.augment.resume import (
+    AugmentRun,
+    SkipWritten,
+    augment_complete,
+    finished_ids,
+    prepare_augment,
+    unwritten,
+)
 from raydebias.augment.stage import stage_classes, stage_order
 from raydebias.augment.stats import count_batch, iter_parts, merge_counts, stats_of, untrainable_to_quarantine
-from raydebias.augment.stream import SkipWritten, write_part
+from raydebias.augment.stream import write_part
 from raydebias.config import AugmentConfig, Config
 from raydebias.errors import PoolStartError
 
@@ -108,14 +115,11 @@ def augment_stream(cfg: Config, out: Any, run: AugmentRun, written: Any) -> Any:
     re-execution (a worker restart) neither loses nor repeats a row. Call :func:`finish_augment` after.
     """
     import ray.data
-    from ray.data import ActorPoolStrategy
 
     dest = out.augmented_dir
     dest.mkdir(parents=True, exist_ok=True)
     src = out.sources_dir("train")
-    sources = ray.data.read_parquet(src.path, filesystem=src.fs).map_batches(
-        SkipWritten, batch_format="pyarrow", num_cpus=0.1, compute=ActorPoolStrategy(size=1),
-        fn_constructor_kwargs={"dest": dest})
+    sources = unwritten(ray.data.read_parquet(src.path, filesystem=src.fs), dest)
     fresh = build(sources, cfg, run.gpu).map_batches(write_part, batch_format="pyarrow", num_cpus=0.1,
                                                      fn_kwargs={"dest": dest})
     return written.union(fresh)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from raydebias import schema as S
 from raydebias.config import Config
 from raydebias.errors import StageInputError
@@ -19,7 +21,7 @@ from raydebias.storage import StoragePath
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AugmentRun", "augment_complete", "finished_ids", "prepare_augment"]
+__all__ = ["AugmentRun", "SkipWritten", "augment_complete", "finished_ids", "prepare_augment", "unwritten"]
 
 
 def finished_ids(out_dir: str | Path | StoragePath) -> set[str]:
@@ -76,8 +78,35 @@ def prepare_augment(cfg: Config, out: Any) -> AugmentRun:
         if done:
             log.info("augment: resuming: %d of %d sources already written, %d to go", len(done), rows_in,
                      rows_in - len(done))
-            done_ref = frozenset(done)
-            pending = pending.filter(lambda r: r[S.ID] not in done_ref)
+            pending = unwritten(pending, out.augmented_dir)
     else:
         log.info("augment: all %d sources already written", rows_in)
     return AugmentRun(rows_in, done, pending, gpu, time.perf_counter())
+
+
+class SkipWritten:
+    """Drops source rows whose augmented row is already in ``dest``, as listed when the actor starts.
+
+    The stream into training is re-executed when Ray Train restarts failed workers: rows the failed
+    attempt already wrote are then read back from the parts (``parts_dataset``) instead of being
+    augmented and written a second time.
+    """
+
+    def __init__(self, dest: StoragePath):
+        self.done = frozenset(finished_ids(dest))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if not self.done:
+            return batch
+        keep = [i not in self.done for i in batch.column(S.ID).to_pylist()]
+        return batch.filter(pa.array(keep, pa.bool_()))
+
+
+def unwritten(sources: Any, dest: StoragePath) -> Any:
+    """THE way augmentation skips what it already wrote: the source rows (Ray dataset) whose id is not in
+    ``dest``, listed when the dataset EXECUTES (a resumed run, and a stream re-executed after a worker
+    restart, both see what was written up to then)."""
+    from ray.data import ActorPoolStrategy
+
+    return sources.map_batches(SkipWritten, batch_format="pyarrow", num_cpus=0.1, compute=ActorPoolStrategy(size=1),
+                               fn_constructor_kwargs={"dest": dest})

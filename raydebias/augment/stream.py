@@ -1,8 +1,9 @@
 """Exactly-once writes while augmentation streams into training (``--stage all``).
 
 The streamed rows reach the trainer and ``DIR/augmented`` at once (:func:`write_part`); when Ray Train
-re-executes the stream after a worker restart, rows already written are skipped (:class:`SkipWritten`)
-and read back from the parts instead, so a row is neither lost nor written twice.
+re-executes the stream after a worker restart, rows already written are skipped
+(:func:`raydebias.augment.resume.unwritten`) and read back from the parts instead, so a row is neither
+lost nor written twice.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import hashlib
 import pyarrow as pa
 
 from raydebias import schema as S
-from raydebias.augment.resume import finished_ids
+from raydebias.augment.resume import SkipWritten  # noqa: F401  (re-exported)
 from raydebias.storage import StoragePath
 
 __all__ = ["SkipWritten", "write_part"]
@@ -31,21 +32,3 @@ def write_part(batch: pa.Table, dest: StoragePath) -> pa.Table:
     name = "part-" + hashlib.sha1("\n".join(sorted(ids)).encode()).hexdigest()[:20] + ".parquet"
     (dest / name).write_parquet(batch)
     return batch
-
-
-class SkipWritten:
-    """Drops source rows whose augmented row is already in ``dest``, as listed when the actor starts.
-
-    The stream into training is re-executed when Ray Train restarts failed workers: rows the failed
-    attempt already wrote are then read back from the parts (``parts_dataset``) instead of being
-    augmented and written a second time.
-    """
-
-    def __init__(self, dest: StoragePath):
-        self.done = frozenset(finished_ids(dest))
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        if not self.done:
-            return batch
-        keep = [i not in self.done for i in batch.column(S.ID).to_pylist()]
-        return batch.filter(pa.array(keep, pa.bool_()))
