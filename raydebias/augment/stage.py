@@ -24,6 +24,7 @@ It declares, as class attributes:
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -36,7 +37,7 @@ from raydebias.errors import ConfigError
 __all__ = ["AugmentStage", "RowOp", "order_stages", "selected_stages", "stage_classes", "stage_order"]
 
 
-class AugmentStage:
+class AugmentStage(ABC):
     """Base of every augmentation stage: the declared contract (see the module docstring)."""
 
     name: ClassVar[str]
@@ -58,8 +59,9 @@ class AugmentStage:
         """Its actor pool's resources (``augment.<section>.resources``); None: no model, plain tasks."""
         return getattr(cfg, cls.section).resources if cls.section else None
 
+    @abstractmethod
     def process_batch(self, batch: pa.Table) -> pa.Table:
-        raise NotImplementedError
+        """The stage's work on one batch (every concrete stage defines it)."""
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.process_batch(batch)
@@ -76,8 +78,9 @@ class RowOp(AugmentStage):
     def process_batch(self, batch: pa.Table) -> pa.Table:
         return apply_rows(batch, self.name, self.process_rows)
 
+    @abstractmethod
     def process_rows(self, rows: list[dict[str, Any]]) -> list[RowResult]:
-        raise NotImplementedError
+        """One ``(candidates, drops)`` pair per row (every concrete op defines it)."""
 
 
 def stage_classes() -> dict[str, type[AugmentStage]]:
