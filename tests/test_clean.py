@@ -7,6 +7,7 @@ from raydebias.augment.clean import (
     AUGMENTED_SCHEMA,
     CleanCandidates,
     Finalize,
+    FinalizeRules,
     add_reference,
     clean_candidates,
     clean_row,
@@ -79,20 +80,20 @@ def test_finalize_emits_the_declared_schema_and_add_reference_prepends():
     assert batch.column("candidates").to_pylist()[0][0]["op"] == "reference"
     for stage in (CleanCandidates(cfg.min_words), AnnotateEntities(cfg.ner), ScoreToxicity(cfg.toxicity)):
         batch = stage(batch)
-    out = Finalize(cfg)(batch)
+    out = Finalize(FinalizeRules.from_config(cfg))(batch)
     assert out.schema.equals(AUGMENTED_SCHEMA)
     assert out.to_pylist()[0]["positives"][0]["text"] == SUMMARY
 
 
 def test_finalize_refuses_a_candidate_that_was_not_scored_on_its_text():
     with pytest.raises(RuntimeError, match="without toxicity"):
-        Finalize(AugmentConfig())(_source_batch())  # scoring never ran
+        Finalize(FinalizeRules.from_config(AugmentConfig()))(_source_batch())  # scoring never ran
     cand = candidate("Greg kept it all, that thief.", "low_confidence", toxicity=0.3,
                      entities=[entity(0, 4, "PERSON", "Gregory")])  # a span of another text
     batch = set_column(_source_batch(), CANDIDATES, [[candidate(SUMMARY, "reference", positive=True, toxicity=0.1,
                                                                 entities=[]), cand]], CANDIDATE_LIST)
     with pytest.raises(RuntimeError, match="does not index its text"):
-        Finalize(AugmentConfig())(batch)
+        Finalize(FinalizeRules.from_config(AugmentConfig()))(batch)
 
 
 def test_cleaning_runs_before_annotation_and_scoring_in_the_pipeline():
@@ -122,7 +123,7 @@ def test_stripped_candidate_keeps_spans_and_toxicity_of_its_final_text():
     assert by_op["mask_fill"]["toxicity"] == 0.5 and by_op["mask_fill"]["entities"] is not None
 
     ner, tox = AnnotateCandidates.from_config(cfg), ScoreToxicity.from_config(cfg)
-    out = Finalize(cfg)(tox(ner(cleaned))).to_pylist()[0]
+    out = Finalize(FinalizeRules.from_config(cfg))(tox(ner(cleaned))).to_pylist()[0]
     kept = {c["op"]: c for c in out["positives"] + out["negatives"]}
     final = kept["low_confidence"]
     assert final["text"] == "Greg in Denver kept my deposit, the thief."

@@ -321,7 +321,7 @@ def test_sample_data_feeds_corpus_gazetteer_and_stamp(tmp_path, monkeypatch):
     (samples / "tldr" / "entities" / "names.tsv").write_text(
         "TEXT\tLABEL\n# project names\nQuentin Quokkason\tPERSON\nAcme Widgets\tORG\n"
     )
-    monkeypatch.setattr(tiny, "SAMPLES_DIR", samples)
+    monkeypatch.setattr(tiny.inputs, "SAMPLES_DIR", samples)
     assert tiny.sample_strings() == ["t3_1", "Zyxwvut quokkas", "flumpf"]
     corpus = tiny.training_corpus()
     assert "Zyxwvut quokkas" in corpus and corpus[-2:] == [tiny.PRINTABLE, tiny.LATIN_LETTERS]
@@ -345,7 +345,7 @@ def test_sample_data_feeds_corpus_gazetteer_and_stamp(tmp_path, monkeypatch):
 def test_bad_sample_files_fail_with_file_and_line(tmp_path, monkeypatch):
     samples = tmp_path / "samples"
     (samples / "a" / "entities").mkdir(parents=True)
-    monkeypatch.setattr(tiny, "SAMPLES_DIR", samples)
+    monkeypatch.setattr(tiny.inputs, "SAMPLES_DIR", samples)
     (samples / "a" / "entities" / "e.tsv").write_text("Acme\tCOMPANY\n")
     with pytest.raises(ValueError, match=r"e\.tsv:1: unknown entity label 'COMPANY'"):
         tiny.ner_patterns()

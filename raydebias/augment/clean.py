@@ -30,6 +30,7 @@ and entity spans that index its own text, and raises if not (a stage order bug, 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -162,17 +163,30 @@ def check_scored(row_id: str, c: dict) -> None:
                                f"its text {c['text']!r}: entities were computed on another text")
 
 
-def finalize_row(row: dict, cfg: AugmentConfig) -> dict:
+@dataclass(frozen=True)
+class FinalizeRules:
+    """The settings finalize reads, taken from three config sections once (the stage takes nothing else)."""
+
+    toxicity_threshold: float  # augment.toxic_rewrite.toxicity_threshold: "kept iff toxic" on the stored text
+    novel_entity_filter: bool  # augment.backtranslate.novel_entity_filter (CLIFF)
+    min_positives: int  # augment.min_positives: a row is trainable with at least this many positives
+
+    @classmethod
+    def from_config(cls, cfg: AugmentConfig) -> FinalizeRules:
+        return cls(cfg.toxic_rewrite.toxicity_threshold, cfg.backtranslate.novel_entity_filter, cfg.min_positives)
+
+
+def finalize_row(row: dict, rules: FinalizeRules) -> dict:
     """Steps 4-7 on one cleaned and scored working row -> one AUGMENTED_SCHEMA row."""
     drops = list(row.get(DROPS) or [])
-    threshold = cfg.toxic_rewrite.toxicity_threshold
+    threshold = rules.toxicity_threshold
     survivors = []
     for c in _sorted_candidates(list(row.get(CANDIDATES) or [])):
         op = c["op"]
         if op == REFERENCE_OP:
             survivors.append(c)
             continue
-        if (op == "backtranslate" and cfg.backtranslate.novel_entity_filter
+        if (op == "backtranslate" and rules.novel_entity_filter
                 and (novel := novel_entities(c["entities"], row[S.POST], row[S.SUMMARY]))):
             drops.append(drop(op, "novel_entity", f"introduces {novel}", c["text"]))
             continue
@@ -192,7 +206,7 @@ def finalize_row(row: dict, cfg: AugmentConfig) -> dict:
             continue
         negatives.append(c)
     out = {k: row[k] for k in S.SOURCE_COLUMNS}
-    out.update({POSITIVES: positives, NEGATIVES: negatives, TRAINABLE: len(positives) >= cfg.min_positives,
+    out.update({POSITIVES: positives, NEGATIVES: negatives, TRAINABLE: len(positives) >= rules.min_positives,
                 DROPS: drops})
     return out
 
@@ -203,19 +217,19 @@ def clean_row(row: dict, cfg: AugmentConfig, score: Any = None) -> dict:
     cands, drops = clean_candidates(row, cfg.min_words)
     if score is not None:
         score(cands)
-    return finalize_row({**row, CANDIDATES: cands, DROPS: drops}, cfg)
+    return finalize_row({**row, CANDIDATES: cands, DROPS: drops}, FinalizeRules.from_config(cfg))
 
 
 class Finalize:
     """Batch stage: :func:`finalize_row` on every row and emit AUGMENTED_SCHEMA (drops the working
     entity columns). Runs after the scoring stages; every kept candidate is checked (:func:`check_scored`)."""
 
-    def __init__(self, cfg: AugmentConfig):
-        self.cfg = cfg
+    def __init__(self, rules: FinalizeRules):
+        self.rules = rules
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         batch = ensure_columns(batch)
-        rows = [finalize_row(r, self.cfg) for r in batch.drop_columns(
+        rows = [finalize_row(r, self.rules) for r in batch.drop_columns(
             [c for c in (POST_ENTITIES, SUMMARY_ENTITIES) if c in batch.column_names]).to_pylist()]
         for r in rows:
             for c in r[POSITIVES] + r[NEGATIVES]:

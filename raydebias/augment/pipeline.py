@@ -30,7 +30,14 @@ import pyarrow as pa
 
 from raydebias import schema as S
 from raydebias.augment.candidates import DROPS
-from raydebias.augment.clean import AUGMENTED_SCHEMA, POSITIVES, TRAINABLE, Finalize, add_reference
+from raydebias.augment.clean import (
+    AUGMENTED_SCHEMA,
+    POSITIVES,
+    TRAINABLE,
+    Finalize,
+    FinalizeRules,
+    add_reference,
+)
 from raydebias.augment.resume import (
     AugmentRun,
     SkipWritten,
@@ -103,7 +110,7 @@ def build(sources: Any, cfg: Config, use_gpu: bool, classes: dict[str, type] | N
             "stage": stage, "cfg": a, "use_gpu": use_gpu and res.num_gpus > 0, "seed": cfg.seed,
             "threads": int(res.num_cpus), "cls": cls})
     return ds.map_batches(Finalize, batch_format="pyarrow", num_cpus=0.1, compute=ActorPoolStrategy(size=1),
-                          fn_constructor_args=(a,))
+                          fn_constructor_args=(FinalizeRules.from_config(a),))
 
 
 def augment_stream(cfg: Config, out: Any, run: AugmentRun, written: Any) -> Any:
