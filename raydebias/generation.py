@@ -222,11 +222,16 @@ class HFGenerator:
     sampling only, and vLLM's default is no top-k, so both backends sample the same distribution.
     """
 
-    def __init__(self, model_id: str, device: str = "cpu", dtype: Any = None):
+    def __init__(self, model_id: str, device: str = "cpu", dtype: Any = None, intervention: Any = None):
         from raydebias.models import load_model
 
         self.model_id = model_id
         self.model, self.tokenizer = load_model(model_id, "causal_lm", device=device, dtype=dtype)
+        # A debiasing method's inference-time change (raydebias.baselines.base.Intervention): hooks are attached
+        # once here; its logits processors are built per batch from the encoded prompts.
+        self.intervention = intervention
+        if intervention is not None:
+            intervention.attach(self.model)
         self.tokenizer.padding_side = "left"
         self.tokenizer.truncation_side = "left"  # keep the end of an over-long prompt (GenParams doc)
         self.device = self.model.device
@@ -265,6 +270,14 @@ class HFGenerator:
 
             kwargs["stopping_criteria"] = StoppingCriteriaList(
                 [stop_criteria(self.tokenizer, params.stop, enc["input_ids"].shape[1])])
+        if self.intervention is not None and (procs := self.intervention.logits_processors(
+                self.model, self.tokenizer, prompt_ids=enc["input_ids"], prompt_mask=enc["attention_mask"])):
+            from transformers import LogitsProcessorList
+
+            if beam or params.num_return_sequences > 1:
+                raise ValueError(f"{type(self.intervention).__name__}: its logits processor supports one greedy or "
+                                 "sampled sequence per prompt (num_beams=1, num_return_sequences=1)")
+            kwargs["logits_processor"] = LogitsProcessorList(procs)
         if params.seed is not None:
             torch.manual_seed(params.seed)  # all devices
         with torch.no_grad():

@@ -6,7 +6,7 @@
 :func:`rehearse_config` turns a production config into the config a rehearsal runs, and returns every
 difference as a :class:`Change` (key, production value, rehearsal value, why):
 
-- every model id becomes the kit's tiny model of the SAME CLASS (``raydebias/tiny.py``), found from a
+- every model id becomes the kit's tiny model of the SAME CLASS (``raydebias/tiny/``), found from a
   table of known production ids and id patterns (:data:`KNOWN_IDS`), from a local directory's
   ``config.json`` (``architectures`` / ``model_type``), or from a hub id's cached ``config.json``;
   ``tiny:`` ids stay; anything else is a ConfigError naming the key and the id;
@@ -118,7 +118,7 @@ def pool_fields(cfg: Config) -> list[str]:
 # Classes: the tiny kit's models, and how production ids / local directories map to them.
 # ---------------------------------------------------------------------------------------------------
 
-# tiny name -> the class it is (raydebias/tiny.py builds each; phi and llama join the kit in issue 12).
+# tiny name -> the class it is (raydebias/tiny/ builds each; phi and llama join the kit in issue 12).
 TINY_CLASS = {
     "gpt2": "GPT2LMHeadModel",
     "gpt-neo": "GPTNeoForCausalLM",
@@ -277,6 +277,8 @@ SAMPLE_SOURCES = {
     "evaluate.truthfulqa.mc_source": "sample:truthfulqa/mc_task.jsonl",
     "evaluate.rtp.source": "sample:rtp",
     "evaluate.mmlu_pro.source": "sample:mmlu_pro",
+    "benchmark.corpus": "sample:corpus",
+    "benchmark.general_text": "sample:general",
 }
 
 
@@ -393,6 +395,18 @@ def rehearse_config(cfg: Config, rows: int = DEFAULT_ROWS, items: int = DEFAULT_
            f"a slice: {items} items per benchmark (--rehearse-items)")
     shrink("sweep.eval_limit", min(cfg.sweep.eval_limit, items),
            f"a slice: {items} items per benchmark in each sweep trial (--rehearse-items)")
+    b = cfg.benchmark
+    shrink("benchmark.finetune.steps", min(b.finetune.steps, 3), "CDA / Dropout: a few fine-tuning steps")
+    shrink("benchmark.finetune.effective_batch", min(b.finetune.effective_batch, 4), "4 blocks per step on CPU")
+    shrink("benchmark.finetune.per_device_batch", min(b.finetune.per_device_batch, 2), "2 blocks per forward")
+    shrink("benchmark.finetune.block_size", min(b.finetune.block_size, 64), "64-token blocks (the shipped corpus is small)")
+    shrink("benchmark.projection.sentences_per_class", min(b.projection.sentences_per_class, 100),
+           "INLP: the shipped corpus has ~100 sentences per class")
+    shrink("benchmark.projection.inlp_iterations", min(b.projection.inlp_iterations, 2), "INLP: 2 classifiers")
+    shrink("benchmark.homogenization.samples", min(b.homogenization.samples, 3), "3 sampled answers per question")
+    shrink("benchmark.homogenization.questions", min(b.homogenization.questions or items, items),
+           f"{items} questions (--rehearse-items)")
+    shrink("benchmark.homogenization.max_new_tokens", min(b.homogenization.max_new_tokens, 16), "short answers")
 
     values = {c.key: c.rehearsal for c in changes}
     return replace_config(cfg, values), changes

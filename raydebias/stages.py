@@ -2,8 +2,9 @@
 order they run in. Stage functions never run each other; :func:`plan` decides what runs.
 
     data ──► augment ──► train ──► evaluate
+       │           │         └───► benchmark (the contrastive row)
        │           └───► sweep
-       └──────────────────────────► evaluate (tldr: the held-out split)
+       └──────────────────────────► evaluate, benchmark (tldr: the held-out split; the baselines' corpus)
 
     stage          reads                                   writes
     data           data.source, data.eval_source           data/sources, data/eval, quarantine/data
@@ -13,6 +14,9 @@ order they run in. Stage functions never run each other; :func:`plan` decides wh
     evaluate       model (or evaluate.model), data/eval,   eval, quarantine/evaluate
                    the benchmarks' sources
     sweep          augmented                               sweep
+    benchmark      model (or benchmark.contrastive_model),  benchmark (variants, generations, scores,
+                   data/eval, data/sources (corpus: tldr),  metrics.json, report), quarantine/benchmark
+                   benchmark.corpus, benchmark.general_text
 
 Asking for a stage runs the upstream stages whose outputs are missing or incomplete first, then the stage
 itself (which resumes from whatever it finds). ``all`` is data, augment streamed into train, evaluate.
@@ -145,6 +149,28 @@ def _run_sweep(cfg: Config, out: Any, space: Any = None) -> dict[str, Any]:
     return run_sweep(cfg, out, space)
 
 
+def _benchmark_needs(cfg: Config) -> tuple[str, ...]:
+    from raydebias.benchmark.corpus import TLDR
+
+    b = cfg.benchmark
+    needs = ("data",) if "tldr" in cfg.evaluate.tasks or b.corpus == TLDR else ()
+    if "contrastive" in b.methods and not b.contrastive_model:
+        needs += ("train",)  # this run's contrastive model
+    return needs
+
+
+def _run_benchmark(cfg: Config, out: Any) -> dict[str, Any]:
+    from raydebias.benchmark.stage import run_benchmark_stage
+
+    return run_benchmark_stage(cfg, out)
+
+
+def _benchmark_check(cfg: Config, out: Any, planned: list[str]) -> None:
+    from raydebias.benchmark.stage import check_inputs
+
+    check_inputs(cfg, out, planned)
+
+
 STAGES: dict[str, Stage] = {
     "data": Stage("data", lambda cfg: (), _data_done, _run_data, _data_check),
     "augment": Stage("augment", lambda cfg: ("data",), _augment_done, _run_augment),
@@ -153,10 +179,11 @@ STAGES: dict[str, Stage] = {
     "evaluate": Stage("evaluate", lambda cfg: ("data",) if "tldr" in cfg.evaluate.tasks else (), _never_done,
                       _run_evaluate, _evaluate_check),
     "sweep": Stage("sweep", lambda cfg: ("augment",), _never_done, _run_sweep),
+    "benchmark": Stage("benchmark", _benchmark_needs, _never_done, _run_benchmark, _benchmark_check),
 }
 # Targets that are a fixed sequence of stages, each run whatever is already there.
 SEQUENCES: dict[str, tuple[str, ...]] = {"all": ("data", "augment+train", "evaluate")}
-TARGETS = ("data", "augment", "train", "augment+train", "evaluate", "all")  # jobs/pipeline.py --stage
+TARGETS = ("data", "augment", "train", "augment+train", "evaluate", "benchmark", "all")  # jobs/pipeline.py --stage
 
 
 def plan(target: str, cfg: Config, out: Any) -> list[str]:

@@ -113,6 +113,7 @@ def test_parse_override_values():
     ("train.alpha=-1", r"train.alpha must be >= 0, got -1.0"),
     ("train.tau=0", r"train.tau must be > 0"),
     ("augment.ops=[backtranslate,paraphrase]", r"unknown op 'paraphrase'"),
+    ("augment.ops=[backtranslate,mask_fill,backtranslate]", r"augment.ops lists an op twice"),
     ("augment.mask_fill.resources.actors=0", r"augment.mask_fill.resources.actors must be >= 1, got 0"),
     ("train=3", r"train must be a mapping"),
 ])
@@ -177,6 +178,19 @@ def test_every_field_has_a_help_string_and_roundtrips(tmp_path):
     p = tmp_path / "dump.yaml"
     p.write_text(yaml.safe_dump(config_to_dict(cfg)))
     assert load_config(p) == cfg
+
+
+def test_described_defaults_are_the_values_a_run_gets():
+    # A parent may override a section's defaults (evaluate.generate asks for a whole GPU, OpResources' own
+    # default is 0.25): --help-config must show what a run gets.
+    rows = {k: d for k, _, d, _ in describe()}
+    assert rows["evaluate.generate.num_gpus"] == 1.0
+    cfg = Config()
+    for key, default in rows.items():
+        obj = cfg
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        assert obj == default, key
 
 
 def test_stage_dataclasses_exist_with_helps():

@@ -26,17 +26,20 @@ use, with reason and detail), ``stats.json["evaluate"]``.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from raydebias import schema as S
+from raydebias.baselines.base import Variant, as_variant, check_backend
 from raydebias.config import Config, ConfigError, EvalConfig, ToxicityConfig, config_to_dict
 from raydebias.evaluate import tasks as T
 from raydebias.faults import MAX_ERROR, Failed, isolated
@@ -71,21 +74,37 @@ def _with_columns(batch: pa.Table, columns: dict[str, tuple[list, pa.DataType]])
 class Generate:
     """Greedy / sampled continuations and log-likelihoods from one causal LM, loaded once per actor.
 
+    ``model`` is a model id/path, or the variants (raydebias/baselines) that share one set of weights: the
+    base and its hook / logits-processor / prompt variants are served by one actor that loads the base once
+    and applies each batch's variant (the ``variant`` column; a hook is attached for that variant's rows
+    only). Log-likelihood requests go through the same intervention, so MC1 scores the model generation uses.
+
     Adds ``output``, ``loglik``, ``max_new_tokens_used`` (the request's max new tokens clamped to this
     model's positions) and ``error`` (requests that failed even alone, or whose prompt does not fit: these
     are not generated and end in quarantine/evaluate)."""
 
-    def __init__(self, model: str, backend: str, use_gpu: bool, gpu_fraction: float, seed: int, *,
-                 min_prompt_tokens: int):
+    def __init__(self, model: str | Variant | list[Variant], backend: str, use_gpu: bool, gpu_fraction: float,
+                 seed: int, *, min_prompt_tokens: int):
         import torch
 
+        from raydebias.baselines.interventions import build_intervention
         from raydebias.generation import clamp_max_new_tokens, make_generator
         from raydebias.models import actor_device
 
         torch.set_num_threads(1)
+        variants = [as_variant(v) for v in (model if isinstance(model, list) else [model])]
+        weights = {v.model for v in variants}
+        if len(weights) != 1:
+            raise ValueError(f"Generate: one actor serves variants of ONE model, got {sorted(weights)}")
+        for v in variants:
+            check_backend(v, backend)
         self.device = actor_device(use_gpu)
+        self.interventions = {v.name: build_intervention(v) for v in variants}
+        self.default = variants[0].name  # rows without a variant column (the evaluate stage's own requests)
+        model = variants[0].model
         self.gen = make_generator(backend, model, self.device, gpu_fraction=gpu_fraction)
         self.model_id, self.seed, self.min_prompt_tokens = model, seed, min_prompt_tokens
+        self.intervention = self.interventions[self.default]
         self._scorer = None
         try:
             clamp_max_new_tokens(1, self.gen.context, min_prompt_tokens)
@@ -94,13 +113,39 @@ class Generate:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
-        res = _isolated(self.answer, rows, T.GENERATION_ERROR, f"evaluate generate ({self.model_id})")
+        res: list[dict[str, Any]] = [{} for _ in rows]
+        by_variant: dict[str, list[int]] = {}
+        for i, r in enumerate(rows):
+            by_variant.setdefault(r.get(T.VARIANT) or self.default, []).append(i)
+        for name, idx in by_variant.items():
+            with self.applied(name):
+                out = _isolated(self.answer, [rows[i] for i in idx], T.GENERATION_ERROR,
+                                f"evaluate generate ({name})")
+            for i, r in zip(idx, out, strict=True):
+                res[i] = r
         return _with_columns(batch, {
             T.OUTPUT: ([r.get(T.OUTPUT) for r in res], pa.string()),
             T.LOGLIK: ([r.get(T.LOGLIK) for r in res], pa.float64()),
             T.MAX_NEW_USED: ([r.get(T.MAX_NEW_USED) for r in res], pa.int32()),
             T.ERROR: ([r.get(T.ERROR) for r in res], pa.string()),
         })
+
+    @contextlib.contextmanager
+    def applied(self, name: str) -> Iterator[None]:
+        """Variant ``name``'s intervention on this actor's model for the duration of the block."""
+        if name not in self.interventions:
+            raise ValueError(f"Generate: no variant {name!r} on this actor (has {sorted(self.interventions)})")
+        iv = self.intervention = self.interventions[name]
+        model = getattr(self.gen, "model", None)
+        if model is not None:
+            iv.attach(model)
+            self.gen.intervention = iv
+        try:
+            yield
+        finally:
+            iv.detach()
+            if model is not None:
+                self.gen.intervention = None
 
     def answer(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One result dict per request row (raises if the model fails on the batch)."""
@@ -147,7 +192,8 @@ class Generate:
         from raydebias.generation import context_length
 
         model, tok = self._hf()
-        limit = context_length(model.config) or 1024
+        # the intervention's own positions (Self-Debias' prefixes) come out of the context cut
+        limit = (context_length(model.config) or 1024) - self.intervention.reserved_positions(tok)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         seqs = []
         for ctx, cont in zip(contexts, continuations, strict=True):
@@ -164,8 +210,7 @@ class Generate:
                 inp[r, : len(ids) - 1] = torch.tensor(ids[:-1])
                 mask[r, : len(ids) - 1] = 1
             with torch.no_grad():
-                logp = torch.log_softmax(
-                    model(input_ids=inp.to(model.device), attention_mask=mask.to(model.device)).logits.float(), -1)
+                logp = self.intervention.log_probs(model, tok, inp.to(model.device), mask.to(model.device))
             for r, (ids, n_cont) in enumerate(chunk):
                 if n_cont == 0:
                     out.append(0.0)
@@ -182,7 +227,7 @@ class Generate:
             from raydebias.models import load_model
 
             self._scorer = load_model(self.model_id, "causal_lm", device=self.device)
-        return self._scorer
+        return self._scorer  # vLLM serves only variants without a hook or processor (check_backend)
 
 
 class Score:
@@ -248,12 +293,17 @@ def read_benchmarks(cfg: Config, out: Any) -> dict[str, list[dict[str, Any]]]:
     return rows
 
 
-def build_requests(bench: dict[str, list[dict[str, Any]]], cfg: Config, budget: T.Budget | None = None
-                   ) -> tuple[pa.Table, list[dict[str, Any]], dict[str, int]]:
+def build_requests(bench: dict[str, list[dict[str, Any]]], cfg: Config, budget: T.Budget | None = None,
+                   prompt_prefix: str | None = None) -> tuple[pa.Table, list[dict[str, Any]], dict[str, int]]:
     """Every benchmark of ``bench`` as one request table, the quarantined rows, and rows in per task.
     With the evaluated model's ``budget``, MMLU-Pro drops shots to fit and prompts that do not fit are
-    quarantined (:func:`tasks.fit_requests`); without it, requests are built as the benchmarks define them."""
+    quarantined (:func:`tasks.fit_requests`); without it, requests are built as the benchmarks define them.
+    A ``prompt_prefix`` (a variant's, e.g. Instructive debiasing) goes into every prompt
+    (:func:`tasks.instruct_requests`) and counts against the budget, so MMLU-Pro's shots make room for it."""
     e = cfg.evaluate
+    if prompt_prefix and budget is not None:
+        count = budget.count_tokens
+        budget = dataclasses.replace(budget, count_tokens=lambda prompt: count(prompt_prefix + prompt))
     reqs: list[dict] = []
     bad: list[dict] = []
     rows_in: dict[str, int] = {}
@@ -263,6 +313,10 @@ def build_requests(bench: dict[str, list[dict[str, Any]]], cfg: Config, budget: 
             reqs += r
             bad += q
             rows_in.update(n)
+    if prompt_prefix:
+        reqs = T.instruct_requests(reqs, prompt_prefix)
+        if budget is not None:  # the prompts now hold the prefix: count them as they are
+            budget = dataclasses.replace(budget, count_tokens=count)
     if budget is not None:
         reqs, q = T.fit_requests(reqs, budget)
         bad += q

@@ -126,42 +126,44 @@ def write_report(metrics: dict[str, Any], out_dir: Path) -> Path:
 
 
 def _plots(models: dict[str, Any], subj: dict[str, dict], out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """toxicity_vs_faithfulness.png (TL;DR means ± std, labelled without collisions) and mmlu_pro_subjects.png
+    (accuracy per subject; a subject a model has no value for gets no bar, not a 0), through the readable
+    helpers of :mod:`raydebias.plots` (no offset tick labels at any value range)."""
+    from raydebias import plots
 
     made = []
-    pts = {n: (_get(m["metrics"], "tldr", "toxicity", "mean"), _get(m["metrics"], "tldr", "faithfulness", "mean"))
-           for n, m in models.items()}
-    if any(t is not None and f is not None for t, f in pts.values()):
-        fig, ax = plt.subplots(figsize=(5, 4))
-        for n, (t, f) in pts.items():
-            if t is not None and f is not None:
-                ax.scatter([t], [f], s=60)
-                ax.annotate(n, (t, f), textcoords="offset points", xytext=(5, 5))
-        ax.set_xlabel("toxicity (lower is better)")
-        ax.set_ylabel("faithfulness (higher is better)")
-        ax.set_title("TL;DR summaries: toxicity vs. faithfulness")
-        fig.tight_layout()
-        made.append(out_dir / "toxicity_vs_faithfulness.png")
-        fig.savefig(made[-1], dpi=120)
-        plt.close(fig)
+    names = list(models)
+
+    def tl(n: str, k: str, s: str) -> Any:
+        return _get(models[n]["metrics"], "tldr", k, s)
+
+    if any(tl(n, "toxicity", "mean") is not None and tl(n, "faithfulness", "mean") is not None for n in names):
+        fig = plots.tradeoff_figure(names, [tl(n, "toxicity", "mean") for n in names],
+                                    [tl(n, "faithfulness", "mean") for n in names],
+                                    [tl(n, "toxicity", "std") for n in names],
+                                    [tl(n, "faithfulness", "std") for n in names],
+                                    highlight=["base"] if "base" in models else [],
+                                    title="TL;DR summaries: toxicity vs. faithfulness", width=6.0, height=4.5)
+        made.append(plots.save(fig, out_dir / "toxicity_vs_faithfulness.png"))
     if any(subj.values()):
         all_s = sorted({s for v in subj.values() for s in v})
-        fig, ax = plt.subplots(figsize=(max(5, len(all_s) * 0.8), 4))
+        fig, ax = plots.new_figure(max(6.0, len(all_s) * 0.7 + 2), 4.5)
         width = 0.8 / max(len(subj), 1)
         for k, (n, v) in enumerate(subj.items()):
-            ax.bar([i + k * width for i in range(len(all_s))], [(_get(v, s, "acc") or 0.0) for s in all_s],
+            acc = [_get(v, s, "acc") for s in all_s]
+            ax.bar([i + k * width for i in range(len(all_s))], [math.nan if a is None else a for a in acc],
                    width=width, label=n)
-        ax.set_xticks([i + width * (len(subj) - 1) / 2 for i in range(len(all_s))], all_s, rotation=30, ha="right")
-        ax.set_ylabel("accuracy")
-        ax.set_title("MMLU-Pro per subject")
-        ax.legend()
-        fig.tight_layout()
-        made.append(out_dir / "mmlu_pro_subjects.png")
-        fig.savefig(made[-1], dpi=120)
-        plt.close(fig)
+        ax.set_xticks([i + width * (len(subj) - 1) / 2 for i in range(len(all_s))], all_s)
+        plots.plain_axis(ax, x=False)
+        ax.set_ylabel("accuracy (0-1; higher is better)")
+        ax.set_xlabel("MMLU-Pro subject")
+        ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(subj), 4), frameon=False)
+        fig.suptitle("MMLU-Pro accuracy per subject", fontsize=10)
+        missing = {n: [s for s in all_s if _get(v, s, "acc") is None] for n, v in subj.items()}
+        missing = "; ".join(f"{n}: {', '.join(ss)}" for n, ss in missing.items() if ss)
+        lines = plots.footnote(fig, f"No value (no bar): {missing}." if missing else "")
+        plots.finish_layout(fig, ax, lines)
+        made.append(plots.save(fig, out_dir / "mmlu_pro_subjects.png"))
     return made
 
 

@@ -3,7 +3,6 @@ Table 14 (alpha_table), the plot, and best.yaml (the front's best trial as a rea
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import posixpath
@@ -115,29 +114,26 @@ def result_rows(grid: Any, space: SearchSpace, cfg: Config) -> list[dict[str, An
 
 
 def pareto_plot(rows: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]], dest: StoragePath) -> StoragePath:
-    import matplotlib
+    """Every evaluated trial (toxicity x faithfulness, ± std) labelled by the searched values that differ,
+    the Pareto front ``front`` in red; trials without both values are named under the plot. Drawn with
+    :mod:`raydebias.plots` (no offset tick labels, labels that do not collide at any value range)."""
+    from raydebias import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    varying = [(k, sym) for k, sym in (("alpha", "α"), ("tau", "τ"), ("toxic_weight", "w"))
+               if len({r.get(k) for r in rows if _num(r.get(k))}) > 1]
 
-    ok = [r for r in rows if _num(r.get("toxicity")) and _num(r.get("faithfulness"))]
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    ax.scatter([r["toxicity"] for r in ok], [r["faithfulness"] for r in ok], c="0.6", label="trials")
-    ax.plot([r["toxicity"] for r in front], [r["faithfulness"] for r in front], "o-", c="C3", label="Pareto front")
-    for r in ok:
-        label = " ".join(f"{sym}={r[k]:g}" for k, sym in (("alpha", "α"), ("tau", "τ"), ("toxic_weight", "w"))
-                         if _num(r.get(k)) and len({o.get(k) for o in ok}) > 1) or r["trial_id"]
-        ax.annotate(label, (r["toxicity"], r["faithfulness"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.ticklabel_format(useOffset=False)
-    ax.set_xlabel("toxicity (lower is better)")
-    ax.set_ylabel("faithfulness (higher is better)")
-    ax.set_title("Sweep: toxicity × faithfulness on the validation groups")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    dest.write_bytes(buf.getvalue())
+    def label(r: dict[str, Any]) -> str:
+        return " ".join(f"{sym}={r[k]:g}" for k, sym in varying if _num(r.get(k))) or str(r["trial_id"])
+
+    names = [label(r) for r in rows]
+    if len(set(names)) < len(names):  # same parameters, e.g. several seeds: the trial id tells them apart
+        names = [f"{n} ({r['trial_id']})" if names.count(n) > 1 else n for n, r in zip(names, rows, strict=True)]
+    on_front = {id(r) for r in front}
+    fig = plots.tradeoff_figure(names, [r.get("toxicity") for r in rows], [r.get("faithfulness") for r in rows],
+                                [r.get("toxicity_std") for r in rows], [r.get("faithfulness_std") for r in rows],
+                                front=[n for n, r in zip(names, rows, strict=True) if id(r) in on_front],
+                                title="Sweep: toxicity × faithfulness on the validation groups", point_label="trial")
+    dest.write_bytes(plots.png_bytes(fig))
     return dest
 
 

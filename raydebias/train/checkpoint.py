@@ -73,8 +73,10 @@ def read_meta(ckpt_dir: Any) -> dict[str, Any]:
     return json.loads((ckpt_dir / STATE_META).read_text())
 
 
-def export_hf(model: ContrastiveLM, tokenizer: Any, precision: str, proj_dim: int, dest: Any, rank: int) -> None:
-    """The trained LM as a ``save_pretrained`` directory (+ tokenizer + projection head) at ``dest`` (a
+def export_hf(model: ContrastiveLM | nn.Module, tokenizer: Any, precision: str, proj_dim: int | None, dest: Any,
+              rank: int) -> None:
+    """The trained LM as a ``save_pretrained`` directory (+ tokenizer + projection head, when ``model`` has
+    one: ``proj_dim`` is None for a plain LM wrapper such as the baselines' fine-tuning) at ``dest`` (a
     StoragePath), committed as a whole. A collective: every rank calls it; rank 0 writes.
 
     The full weights are gathered onto rank 0's CPU only (``full_state_dict`` + ``cpu_offload``); rank 0
@@ -102,6 +104,8 @@ def export_hf(model: ContrastiveLM, tokenizer: Any, precision: str, proj_dim: in
     with dest.replacing_local() as tmp:
         lm.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        if proj_dim is None:
+            return
         save_head(head_sd, tmp, hidden_size_of(lm), proj_dim)
         if not (Path(tmp) / HEAD_CONFIG).is_file():
             raise RuntimeError(f"export: the projection head was not written to {tmp}")

@@ -41,7 +41,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -93,30 +93,18 @@ def enable_activation_checkpointing(lm: torch.nn.Module) -> None:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def build_model(cfg: Config, device: torch.device, precision: str, comm: Comm) -> tuple[ContrastiveLM, Any]:
-    """LM + head, sharded with FSDP2 (each transformer block, then the root), weights loaded once.
-
-    Built on the meta device (no memory), sharded, given storage on ``device``, then filled: rank 0 reads
-    the checkpoint (``from_pretrained`` on CPU) and initialises the head from ``cfg.seed``; the other
-    ranks receive their shards from it (``broadcast_from_rank0``). Buffers outside the state dict
-    (rotary ``inv_freq``) are broadcast from rank 0 as well.
-    """
+def shard_from_rank0(model: torch.nn.Module, lm: torch.nn.Module, load_source: Callable[[], torch.nn.Module],
+                     device: torch.device, precision: str, comm: Comm, activation_checkpointing: bool
+                     ) -> torch.nn.Module:
+    """``model`` (built on the META device, ``lm`` its transformer) sharded with FSDP2 (each transformer block,
+    then the root), given storage on ``device`` and filled with the weights of ``load_source()``, which only
+    rank 0 calls (it reads the checkpoint, on CPU); the other ranks receive their shards from it
+    (``broadcast_from_rank0``). Buffers outside the state dict (rotary ``inv_freq``) are broadcast as well."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    from raydebias.models import load_model, load_tokenizer, resolve_model
-
-    t = cfg.train
-    tok = load_tokenizer(t.model)
-    if tok.pad_token is None:  # as load_model does for every causal LM
-        tok.pad_token = tok.eos_token
-    lm_config = AutoConfig.from_pretrained(resolve_model(t.model), trust_remote_code=False)
-    with torch.device("meta"):
-        lm = AutoModelForCausalLM.from_config(lm_config, trust_remote_code=False, dtype=torch.float32)
-        model = ContrastiveLM(lm, t.proj_dim)
-    if t.activation_checkpointing:
+    if activation_checkpointing:
         enable_activation_checkpointing(lm)
     mesh = init_device_mesh(device.type, (comm.world,))
     mp = MixedPrecisionPolicy()  # fp32
@@ -128,11 +116,9 @@ def build_model(cfg: Config, device: torch.device, precision: str, comm: Comm) -
     model.to_empty(device=device)
 
     full: dict[str, torch.Tensor] = {}
-    source: ContrastiveLM | None = None
+    source: torch.nn.Module | None = None
     if comm.rank == 0:
-        cpu_lm, _ = load_model(t.model, "causal_lm", device="cpu", dtype=torch.float32)
-        torch.manual_seed(cfg.seed)  # the head's initialisation
-        source = ContrastiveLM(cpu_lm, t.proj_dim)
+        source = load_source()
         full = source.state_dict()
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     persistent = set(model.state_dict())
@@ -145,7 +131,48 @@ def build_model(cfg: Config, device: torch.device, precision: str, comm: Comm) -
         comm.broadcast_tensor_(buf)
     del full, source, src_buffers
     model.train()
-    return model, tok
+    return model
+
+
+def load_lm_config(model_id: str, overrides: Callable[[Any], Any] | None = None) -> Any:
+    from transformers import AutoConfig
+
+    from raydebias.models import resolve_model
+
+    config = AutoConfig.from_pretrained(resolve_model(model_id), trust_remote_code=False)
+    if overrides is not None:
+        overrides(config)
+    return config
+
+
+def load_tokenizer_padded(model_id: str) -> Any:
+    from raydebias.models import load_tokenizer
+
+    tok = load_tokenizer(model_id)
+    if tok.pad_token is None:  # as load_model does for every causal LM
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def build_model(cfg: Config, device: torch.device, precision: str, comm: Comm) -> tuple[ContrastiveLM, Any]:
+    """LM + head, sharded with FSDP2 (:func:`shard_from_rank0`); rank 0 reads the weights and initialises the
+    head from ``cfg.seed``."""
+    from transformers import AutoModelForCausalLM
+
+    from raydebias.models import load_model
+
+    t = cfg.train
+    tok = load_tokenizer_padded(t.model)
+    with torch.device("meta"):
+        lm = AutoModelForCausalLM.from_config(load_lm_config(t.model), trust_remote_code=False, dtype=torch.float32)
+        model = ContrastiveLM(lm, t.proj_dim)
+
+    def source() -> ContrastiveLM:
+        cpu_lm, _ = load_model(t.model, "causal_lm", device="cpu", dtype=torch.float32)
+        torch.manual_seed(cfg.seed)  # the head's initialisation
+        return ContrastiveLM(cpu_lm, t.proj_dim)
+
+    return shard_from_rank0(model, lm, source, device, precision, comm, t.activation_checkpointing), tok
 
 
 # --------------------------------------------------------------------------------------------------
@@ -637,6 +664,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 __all__ = ["STREAM", "TRAIN", "VAL", "LocalSession", "LossSums", "Progress", "RaySession", "Session", "WarmupLinear",
-           "Worker", "batch_losses", "bf16_supported", "build_model", "checkpoint", "memory_stats", "optimizer_step",
+           "Worker", "batch_losses", "bf16_supported", "build_model", "load_lm_config", "load_tokenizer_padded",
+           "shard_from_rank0", "checkpoint", "memory_stats", "optimizer_step",
            "resolve_precision", "resume", "run_local", "run_worker", "setup", "step_losses", "train_epoch",
            "train_loop_per_worker", "validate"]

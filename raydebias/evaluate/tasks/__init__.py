@@ -64,6 +64,7 @@ from raydebias.evaluate.tasks.base import (
     TEMPERATURE,
     TOP_P,
     TOXICITY,
+    VARIANT,
     Budget,
     _bad,
     _req,
@@ -85,6 +86,15 @@ GROUPED = frozenset(t for b in BENCHMARKS.values() for t in b.GROUPED)
 def clean_output(task: str, text: str) -> str:
     """Cut a continuation where the benchmark stops generating (its ``clean_output``)."""
     return BY_TASK[task].clean_output(task, text)
+
+
+def instruct_requests(reqs: Sequence[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
+    """Every request with ``prefix`` put before its prompt, after its benchmark's ``PRIMER`` where it has one
+    (Instructive debiasing: :func:`raydebias.baselines.instructive.instruct`). Log-likelihood contexts (MC1)
+    get it too, so the variant is the same model for every request."""
+    from raydebias.baselines.instructive import instruct
+
+    return [{**r, PROMPT: instruct(r[PROMPT], prefix, getattr(BY_TASK[r[TASK]], "PRIMER", ""))} for r in reqs]
 
 
 def fit_requests(reqs: Sequence[dict[str, Any]], budget: Budget) -> tuple[list[dict], list[dict]]:
@@ -189,7 +199,7 @@ def quarantine_counts(bad: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]
     return {t: dict(v) for t, v in c.items()}
 
 
-__all__ = ["BENCHMARKS", "BY_TASK", "CONTINUATION", "ENTITY_PRECISION", "ERROR", "FAITHFULNESS", "GENERATION_ERROR",
+__all__ = ["BENCHMARKS", "BY_TASK", "VARIANT", "instruct_requests", "CONTINUATION", "ENTITY_PRECISION", "ERROR", "FAITHFULNESS", "GENERATION_ERROR",
            "GENERATIVE", "GROUPED", "ITEM", "KIND", "LOGLIK", "MAX_NEW", "MAX_NEW_USED", "OUTPUT", "PAYLOAD",
            "PROMPT", "PROMPT_TOO_LONG", "REQUEST_SCHEMA", "RESULT_COLUMNS", "RESULT_SCHEMA", "ROUGE_L",
            "SCORING_ERROR", "SHOTS", "STOP", "TASK", "TEMPERATURE", "TOP_P", "TOXICITY", "Budget", "_req",

@@ -33,12 +33,14 @@ OUTPUT, LOGLIK, TOXICITY, FAITHFULNESS, ENTITY_PRECISION, ROUGE_L = (
 # MAX_NEW is what the benchmark asks for; MAX_NEW_USED what the model was really asked (clamped to its
 # positions); ERROR is set when the request failed even alone ("<reason>: <detail>") and is then quarantined.
 MAX_NEW_USED, ERROR = "max_new_tokens_used", "error"
+VARIANT = "variant"
 REQUEST_SCHEMA = pa.schema([
     pa.field(TASK, pa.string()), pa.field(ITEM, pa.string()), pa.field(KIND, pa.string()),
     pa.field(PROMPT, pa.string()), pa.field(CONTINUATION, pa.string()), pa.field(MAX_NEW, pa.int32()),
     pa.field(TEMPERATURE, pa.float32()), pa.field(TOP_P, pa.float32()), pa.field(PAYLOAD, pa.string()),
     pa.field(SHOTS, pa.int32()),  # MMLU-Pro: worked examples in the prompt after fitting; else null
     pa.field(STOP, pa.list_(pa.string())),  # strings that end the generation (lm-eval's until); null: none
+    pa.field(VARIANT, pa.string()),  # the benchmark stage: which variant (raydebias/baselines) answers; null: the model
 ])
 RESULT_SCHEMA = pa.schema([*REQUEST_SCHEMA, pa.field(OUTPUT, pa.string()), pa.field(LOGLIK, pa.float64()),
                            pa.field(MAX_NEW_USED, pa.int32()), pa.field(TOXICITY, pa.float64()),
@@ -119,4 +121,4 @@ def output_counts(rs: Sequence[dict[str, Any]]) -> dict[str, int]:
 
 __all__ = ["ENTITY_PRECISION", "ERROR", "FAITHFULNESS", "GENERATION_ERROR", "LOGLIK", "MAX_NEW", "MAX_NEW_USED",
            "OUTPUT", "PAYLOAD", "PROMPT", "PROMPT_TOO_LONG", "REQUEST_SCHEMA", "RESULT_COLUMNS", "RESULT_SCHEMA",
-           "ROUGE_L", "SCORING_ERROR", "TOXICITY", "Budget", "limit_rows", "output_counts"]
+           "ROUGE_L", "SCORING_ERROR", "TOXICITY", "VARIANT", "Budget", "limit_rows", "output_counts"]

@@ -74,6 +74,9 @@ QA_PRIMER = (
     "A: The 1992 Olympics were held in Barcelona, Spain."
 )
 NO_COMMENT = "I have no comment."
+# What every prompt of this benchmark starts with: a prompt prefix (Instructive debiasing) goes after it, so the
+# few-shot examples stay as the benchmark defines them (Morabito et al. 2023 put the instruction before the question).
+PRIMER = QA_PRIMER + "\n\n"
 
 
 # lm-eval's truthfulqa_gen ``until`` (its fewshot_delimiter default): generation stops at the first blank line.
@@ -283,7 +286,8 @@ def metrics(by_task: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["GENERATIVE", "GEN_MAX_NEW_TOKENS", "GEN_STOP", "GROUPED", "NAME", "NO_COMMENT", "QA_PRIMER", "ROWS",
+__all__ = ["GENERATIVE", "GEN_MAX_NEW_TOKENS", "GEN_STOP", "GROUPED", "NAME", "NO_COMMENT", "PRIMER", "QA_PRIMER",
+           "ROWS",
            "TASKS", "bleu", "clean_completion", "clean_output", "format_answers", "from_bench", "gen_prompt",
            "generation_scores", "mc1_continuation", "mc1_correct", "mc1_pred", "mc1_prompt", "metrics",
            "normalize_row", "read", "requests", "rouge"]
