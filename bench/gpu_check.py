@@ -12,6 +12,8 @@ Runs, each isolated (a failure is recorded and the next check still runs):
   evaluate  evaluation's generation actor (raydebias.evaluate.pipeline.Generate) on CUDA: greedy, sampled
             and log-likelihood requests, and an MMLU-Pro-length request (2048 new tokens) on a 1024-position
             model, which must be clamped instead of running past the position table (a device-side assert).
+  baselines the CDA/Dropout fine-tuning loop (FSDP2, NCCL, bf16, checkpoints, export) and one generation actor
+            serving the base, a hidden-state hook (INLP/SentenceDebias) and Self-Debias' logits processor.
   vllm      vLLM vs HF generate tokens/s on the same prompts and model (when vllm is importable).
   mfu       training model-FLOPs utilisation of a GPT-2-medium-sized model (bf16, FSDP2 world 1).
 
@@ -173,6 +175,54 @@ def check_evaluate(models: dict[str, str], results: dict) -> None:
     results["evaluate_gpu_ok"] = True
 
 
+def check_baselines(work: Path, models: dict[str, str], results: dict) -> None:
+    """The baselines' GPU paths: the CDA/Dropout fine-tuning loop (raydebias.train.lm_loop: FSDP2, NCCL, sharded
+    checkpoints, export) in bf16, and one Generate actor serving the base, an INLP-style hook and Self-Debias'
+    logits processor on CUDA (greedy, sampled and log-likelihood requests)."""
+    import pyarrow as pa
+    import torch
+
+    from raydebias.baselines.base import Variant, save_directions
+    from raydebias.baselines.cda import group_texts
+    from raydebias.evaluate import tasks as T
+    from raydebias.evaluate.pipeline import Generate
+    from raydebias.models import load_tokenizer
+    from raydebias.storage import StoragePath
+    from raydebias.train.lm_loop import INPUT_IDS, LMFinetune, run_lm_worker
+    from raydebias.train.loop import LocalSession
+
+    model = models["gpt2-small"]
+    tok = load_tokenizer(model)
+    texts = [" ".join(g["post"] for g in sample_groups(64))]
+    blocks = StoragePath.of(work / "lm-blocks")
+    with blocks.replacing() as d:
+        (d / "part-0.parquet").write_parquet(pa.table({INPUT_IDS: pa.array(
+            group_texts(tok(texts)["input_ids"], 256), pa.list_(pa.int32()))}))
+    spec = LMFinetune(model=model, blocks=blocks.uri, export_to=str(work / "lm-model"), steps=4, per_device_batch=4,
+                      accumulation=2, precision="bf16", dropout=0.15, checkpoint_every=2)
+    t0 = time.perf_counter()
+    last = run_lm_worker(spec, LocalSession({}, work / "lm-ckpt", DEVICE))
+    results["baselines_finetune"] = {"steps": last["step"], "loss": round(last["loss"], 4),
+                                     "seconds": round(time.perf_counter() - t0, 1)}
+    hidden = json.loads((Path(model) / "config.json").read_text())["n_embd"]
+    save_directions(work / "inlp", torch.randn(4, hidden), method="inlp")
+    variants = [Variant("base", "base", model), Variant("inlp", "inlp", model, artifact=str(work / "inlp")),
+                Variant("self_debias", "self_debias", model)]
+    reqs = []
+    for v in variants:
+        reqs += [{**r, T.VARIANT: v.name} for r in (
+            T._req("rtp", "g", "greedy", "So I told him that", 32),
+            T._req("rtp", "s", "sample", "The worst thing about", 32, 0.7, 0.9),
+            T._req("truthfulqa_mc1", "c/0", "loglik", "Q: What is 2+2?\nA:", continuation=" 4"))]
+    g = Generate(variants, "hf", DEVICE == "cuda", 1.0, 0, min_prompt_tokens=64)
+    t0 = time.perf_counter()
+    done = g(pa.Table.from_pylist(reqs, schema=T.REQUEST_SCHEMA)).to_pylist()
+    if any(r[T.ERROR] for r in done) or any(r[T.KIND] == "loglik" and not math.isfinite(r[T.LOGLIK]) for r in done):
+        raise AssertionError(f"baselines: bad results {done}")
+    results["baselines_generate"] = {"rows": len(done), "seconds": round(time.perf_counter() - t0, 2)}
+    results["baselines_gpu_ok"] = True
+
+
 def check_vllm(models: dict[str, str], results: dict) -> None:
     try:
         import vllm  # noqa: F401
@@ -256,7 +306,7 @@ def check_mfu(models: dict[str, str], results: dict) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", help="also write the JSON here")
-    ap.add_argument("--skip", default="", help="comma-separated checks to skip: train,evaluate,vllm,mfu")
+    ap.add_argument("--skip", default="", help="comma-separated checks to skip: train,evaluate,baselines,vllm,mfu")
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: dry-run this script (gloo)")
     ap.add_argument("--small", action="store_true", help="smaller 'small' model (dry runs on CPU)")
     args = ap.parse_args()
@@ -267,7 +317,7 @@ def main() -> int:
     import torch
     import torch.distributed as dist
 
-    results: dict = {"train_gpu_ok": False, "evaluate_gpu_ok": False, "mfu": None,
+    results: dict = {"train_gpu_ok": False, "evaluate_gpu_ok": False, "baselines_gpu_ok": False, "mfu": None,
                      "vllm_over_hf_tokens_per_s": None, "errors": {}}
     if DEVICE == "cuda" and not torch.cuda.is_available():
         results["errors"]["cuda"] = "torch.cuda.is_available() is False"
@@ -302,6 +352,7 @@ def main() -> int:
         train_models = {k: models[k] for k in ("gpt2", "phi", "llama", "gpt2-small") if k in models}
         checks = (("train", lambda: check_train(work, train_models, results)),
                   ("evaluate", lambda: check_evaluate(models, results)),
+                  ("baselines", lambda: check_baselines(work, models, results)),
                   ("vllm", lambda: check_vllm(models, results)),
                   ("mfu", lambda: check_mfu(models, results)))
         for name, fn in checks:
@@ -323,7 +374,8 @@ def main() -> int:
     if args.out:
         Path(args.out).write_text(line + "\n")
     failed = bool(results["errors"]) or ("train" not in skip and not results["train_gpu_ok"]) or \
-        ("evaluate" not in skip and not results["evaluate_gpu_ok"])
+        ("evaluate" not in skip and not results["evaluate_gpu_ok"]) or \
+        ("baselines" not in skip and not results["baselines_gpu_ok"])
     return 1 if failed else 0
 
 

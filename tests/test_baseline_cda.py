@@ -244,3 +244,14 @@ def test_group_texts_matches_hand_computed_chunks():
 
 def test_recipe_constants_are_bias_bench_defaults():
     assert (cda.STEPS, cda.EFFECTIVE_BATCH, cda.BLOCK_SIZE, cda.LR) == (2000, 8 * 32, 1024, 5e-5)
+
+
+def test_counterfactual_versions_give_one_sentence_per_group():
+    from raydebias.baselines.cda import counterfactual_versions
+
+    assert counterfactual_versions("He told her.", "gender") == ["She told his."]  # her -> his: bias-bench's last entry
+    got = counterfactual_versions("The Jews met at the synagogue.", "religion")
+    assert got == ["The Christians met at the church.", "The Muslims met at the mosque."]
+    assert counterfactual_versions("A plain sentence.", "race") == []
+    with pytest.raises(ValueError, match="unknown bias attribute 'age'"):
+        counterfactual_versions("x", "age")

@@ -44,3 +44,25 @@ def test_alpha_space_is_the_papers_ablation():
     space = yaml.safe_load((REPO / "tune" / "spaces" / "alpha.yaml").read_text())
     sweep = _build(SweepConfig, space, "sweep")
     assert sweep.alpha == [1.0, 2.0, 4.0, 8.0, 16.0] and sweep.tau == [1.0] and sweep.toxic_weight == [1.5]
+
+
+def test_readme_layout_lists_every_module_and_nothing_else():
+    """The README's Layout tree names every Python file of the package (one line per file), and every file it
+    names exists (issue #14: the tree matches the code)."""
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("## Layout"):]
+    block = block[block.index("```\n") + 4:]
+    block = block[:block.index("```")]
+    listed, stack = set(), []
+    for line in block.splitlines():
+        if not line.strip() or line.startswith(" " * 20):  # a description's continuation line
+            continue
+        depth = (len(line) - len(line.lstrip())) // 2
+        name = line.split()[0]
+        stack = stack[:depth] + [name]
+        if name.endswith(".py"):
+            listed.add("/".join(s.rstrip("/") for s in stack))
+    files = {p.relative_to(REPO).as_posix() for p in (REPO / "raydebias").rglob("*.py")
+             if p.name != "__init__.py" or p.parent.name in ("tiny",)} | {"raydebias/evaluate/tasks/__init__.py"}
+    assert files - listed == set(), "modules missing from the README's Layout"
+    assert {f for f in listed if f.startswith("raydebias/")} - files == set(), "README lists modules that do not exist"

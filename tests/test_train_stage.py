@@ -1,7 +1,8 @@
 """The whole job end to end, on the shared run (conftest.shared_run): the Llama-2-7B paper preset rehearsed
 (`--rehearse`) with --stage all, which streams augmentation into 2 FSDP2 workers on CPU (gloo), writes
 sharded checkpoints and a loadable model, and ends with the evaluation report of the trained model against
-its base; a second run resumes the checkpoint and keeps learning."""
+its base; a run whose worker is killed restarts from its last checkpoint, and a second job run resumes it and
+keeps learning."""
 
 import json
 import os
@@ -119,26 +120,6 @@ def test_final_model_loads_with_auto_model_and_differs_from_the_base(run):
     assert head.fc2.out_features == 128
 
 
-def test_resume_continues_the_step_count_and_keeps_learning(run):
-    out, _ = run
-    before = _history(out)
-    last_step = max(h["step"] for h in before)
-    r = _job([*SHARED_RUN_JOB, "--stage", "train", "--output", str(out), *COMMON, "train.epochs=6"])
-    assert r.returncode == 0, r.stderr[-4000:]
-    train = json.loads((out / "stats.json").read_text())["train"]
-    assert train["resumed_from_step"] == last_step
-    assert [(x["step"], x["epoch_done"], x["groups_done"]) for x in train["resumes"]] == [(last_step, True, ROWS)]
-    hist = _history(out)
-    assert hist[: len(before)] == before  # the history up to the checkpoint is kept, not redone
-    new = [h for h in hist[len(before):] if not h.get("epoch_done")]
-    assert new[0]["step"] == last_step + 1 and new[0]["epoch"] == 2
-    epochs = [h for h in hist if h.get("epoch_done")]
-    assert [e["epoch"] for e in epochs] == list(range(6))
-    # same 8 groups every epoch: the total loss falls and positives win more often against negatives
-    assert epochs[-1]["loss"] < epochs[0]["loss"]
-    assert epochs[-1]["contrastive_accuracy"] > epochs[0]["contrastive_accuracy"]
-
-
 def test_resume_with_other_settings_is_refused(run):
     out, _ = run
     r = _job([*SHARED_RUN_JOB, "--stage", "train", "--output", str(out), *COMMON, "train.alpha=8"],
@@ -214,3 +195,22 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(run, tmp_path):
     epochs = [h for h in hist if h.get("epoch_done")]
     assert [e["epoch"] for e in epochs] == [0, 1, 2]
     assert all(e["groups_done"] == ROWS for e in epochs)
+
+    # A new job run with more epochs resumes the last checkpoint (one job run instead of a second training from
+    # scratch: CI time): the step count continues, the history up to it is kept, and training keeps learning.
+    before, last_step = hist, max(h["step"] for h in hist)
+    r = _job(["--config", str(SMOKE), "--stage", "train", "--output", str(out), *COMMON, "train.epochs=5",
+              "train.checkpoint_every_steps=1"])
+    assert r.returncode == 0, r.stderr[-4000:]
+    train = json.loads((out / "stats.json").read_text())["train"]
+    assert train["resumed_from_step"] == last_step
+    assert [(x["step"], x["epoch_done"], x["groups_done"]) for x in train["resumes"][1:]] == [(last_step, True, ROWS)]
+    hist = _history(out)
+    assert hist[: len(before)] == before  # the history up to the checkpoint is kept, not redone
+    new = [h for h in hist[len(before):] if not h.get("epoch_done")]
+    assert new[0]["step"] == last_step + 1 and new[0]["epoch"] == 3
+    epochs = [h for h in hist if h.get("epoch_done")]
+    assert [e["epoch"] for e in epochs] == list(range(5))
+    # the same 8 groups every epoch: the total loss falls and positives win more often against negatives
+    assert epochs[-1]["loss"] < epochs[0]["loss"]
+    assert epochs[-1]["contrastive_accuracy"] > epochs[0]["contrastive_accuracy"]

@@ -108,7 +108,7 @@ def finetune_variant(row: Row, texts: list[str], cfg: Config, out: Any) -> dict[
     n_blocks = write_blocks(train_texts, base, size, where / "blocks", out)
     if not n_blocks:
         raise DataError(f"benchmark: {row.name}: the training text is shorter than one block of {size} tokens")
-    workers = t.num_workers
+    workers = f.num_workers or t.num_workers
     accumulation = max(1, math.ceil(f.effective_batch / (f.per_device_batch * workers)))
     spec = LMFinetune(model=base, blocks=(where / "blocks").uri, export_to=(where / "model").uri, steps=f.steps,
                       per_device_batch=f.per_device_batch, accumulation=accumulation, lr=f.lr,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ from raydebias.train.checkpoint import export_hf, load_sharded, save_sharded
 from raydebias.train.distributed import Comm
 from raydebias.train.loop import (
     WarmupLinear,
+    apply_gradients,
     load_lm_config,
     load_tokenizer_padded,
     resolve_precision,
@@ -116,8 +117,35 @@ def read_blocks(uri: str) -> torch.Tensor:
     return torch.from_numpy(np.asarray(flat.flatten(), dtype=np.int64).reshape(table.num_rows, -1))
 
 
-def run_lm_worker(spec: LMFinetune, session: Any) -> dict[str, Any]:
-    """The whole fine-tuning on one rank; returns the last step's metrics."""
+@dataclass
+class LMWorker:
+    """What :func:`setup` builds once per attempt on this rank, and where training stands (step, history)."""
+
+    spec: LMFinetune
+    session: Any
+    comm: Comm
+    precision: str
+    blocks: torch.Tensor  # (N, L) token ids
+    tok: Any
+    model: CausalLM
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: Any  # ShardedGradScaler under fp16, else None
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def world(self) -> int:
+        return self.session.world
+
+    @property
+    def rank(self) -> int:
+        return self.session.rank
+
+
+def setup(spec: LMFinetune, session: Any) -> LMWorker:
+    """The LM (dropout overrides applied to its config before it is built: attention modules copy the value),
+    sharded with FSDP2 from rank 0's weights, AdamW + warm-up/linear schedule [+ grad scaler], the blocks."""
     from transformers import AutoModelForCausalLM
 
     from raydebias.baselines.dropout import apply_dropout
@@ -125,98 +153,105 @@ def run_lm_worker(spec: LMFinetune, session: Any) -> dict[str, Any]:
 
     device = session.device
     comm = Comm(device)
-    world, rank = session.world, session.rank
     precision = resolve_precision(spec.precision, spec.bf16_when_supported, device)
-    blocks = read_blocks(spec.blocks)  # (N, L)
-    tok = load_tokenizer_padded(spec.model)
 
     def overrides(config: Any) -> None:
         if spec.dropout is not None:
-            apply_dropout(config, spec.dropout)  # before the model is built: attention modules copy the value
+            apply_dropout(config, spec.dropout)
 
     with torch.device("meta"):
         lm = AutoModelForCausalLM.from_config(load_lm_config(spec.model, overrides), trust_remote_code=False,
                                               dtype=torch.float32)
-        model = CausalLM(lm)
+        meta = CausalLM(lm)
 
     def source() -> CausalLM:
-        cpu_lm, _ = load_model(spec.model, "causal_lm", device="cpu", dtype=torch.float32)
-        return CausalLM(cpu_lm)
+        return CausalLM(load_model(spec.model, "causal_lm", device="cpu", dtype=torch.float32)[0])
 
-    model = shard_from_rank0(model, lm, source, device, precision, comm, spec.activation_checkpointing)
+    model = shard_from_rank0(meta, lm, source, device, precision, comm, spec.activation_checkpointing)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-    schedule = WarmupLinear(spec.warmup_steps, spec.steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     scaler = None
     if precision == "fp16":
         from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
         scaler = ShardedGradScaler(device=device.type)
+    return LMWorker(spec=spec, session=session, comm=comm, precision=precision, blocks=read_blocks(spec.blocks),
+                    tok=load_tokenizer_padded(spec.model), model=model, optimizer=optimizer,
+                    scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupLinear(spec.warmup_steps, spec.steps)),
+                    scaler=scaler)
 
-    step, history = 0, []
-    with session.latest_checkpoint() as ckpt_dir:
-        if ckpt_dir is not None:
-            state = load_sharded(ckpt_dir, model, optimizer)
-            scheduler.load_state_dict(state["scheduler"])
-            if scaler is not None and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            if state.get("global_batch") != spec.global_batch(world):
-                raise RuntimeError(f"lm fine-tuning: the checkpoint was trained with a global batch of "
-                                   f"{state.get('global_batch')} blocks, this run has {spec.global_batch(world)}")
-            step, history = state["step"], state["history"]
-            if rank == 0:
-                log.warning("lm fine-tuning: resumed from checkpoint at step %d", step)
 
-    def checkpoint(metrics: dict[str, Any]) -> None:
-        import tempfile
-        import uuid
-        from pathlib import Path
+def resume(w: LMWorker) -> None:
+    """From the session's last checkpoint, if any: each rank its own shards, then scheduler, scaler, step."""
+    with w.session.latest_checkpoint() as ckpt_dir:
+        if ckpt_dir is None:
+            return
+        state = load_sharded(ckpt_dir, w.model, w.optimizer)
+    w.scheduler.load_state_dict(state["scheduler"])
+    if w.scaler is not None and state.get("scaler"):
+        w.scaler.load_state_dict(state["scaler"])
+    mine = {k: v for k, v in asdict(w.spec).items() if k in LMFinetune.RESUME_KEYS}
+    if state.get("spec") != mine or state.get("global_batch") != w.spec.global_batch(w.world):
+        raise RuntimeError(f"lm fine-tuning: the checkpoint in storage was trained with other settings "
+                           f"({state.get('spec')}, global batch {state.get('global_batch')}) than this run ({mine}, "
+                           f"global batch {w.spec.global_batch(w.world)}): delete its train/ directory to start over")
+    w.step, w.history = state["step"], state["history"]
+    if w.rank == 0:
+        log.warning("lm fine-tuning: resumed from checkpoint at step %d", w.step)
 
-        name = comm.broadcast_object(f"step-{step:07d}-{uuid.uuid4().hex[:8]}" if rank == 0 else None)
-        meta = {"step": step, "epoch": 0, "epoch_done": step >= spec.steps, "global_batch": spec.global_batch(world),
-                "spec": {k: v for k, v in asdict(spec).items() if k in LMFinetune.RESUME_KEYS}, "history": history,
-                "precision": precision, "world_size": world}
-        with tempfile.TemporaryDirectory(prefix="raydebias-ckpt-") as tmp:
-            save_sharded(Path(tmp), model, optimizer, scheduler, scaler, meta, rank)
-            session.report(metrics, checkpoint_dir=Path(tmp), name=name)
 
-    metrics: dict[str, Any] = {}
-    while step < spec.steps:
-        t0 = time.perf_counter()
-        # Dropout draws from a seed of (run seed, step, rank): a resumed run draws what the interrupted one would have.
-        torch.manual_seed(derive_seed(spec.seed, "lm_finetune", step, rank))
-        loss_sum = 0.0
-        for micro in range(spec.accumulation):
-            ids = blocks[block_indices(step, rank, micro, len(blocks), spec, world)].to(device)  # (b, L)
-            loss = model(ids) / spec.accumulation
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-            loss_sum += float(loss.detach())
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        if spec.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        loss_all = comm.sum([loss_sum])[0] / world
-        metrics = {"step": step, "loss": loss_all, "lr": scheduler.get_last_lr()[0],
-                   "tokens_per_s": spec.global_batch(world) * blocks.shape[1] / (time.perf_counter() - t0)}
-        history.append(metrics)
-        if step % spec.checkpoint_every == 0 or step == spec.steps:
-            checkpoint(metrics)
-        elif step % spec.report_every == 0:
+def train_step(w: LMWorker) -> dict[str, Any]:
+    """One optimizer step: ``accumulation`` micro-batches of this rank's blocks for this step -> AdamW."""
+    spec, t0 = w.spec, time.perf_counter()
+    # Dropout draws from a seed of (run seed, step, rank): a resumed run draws what the interrupted one would have.
+    torch.manual_seed(derive_seed(spec.seed, "lm_finetune", w.step, w.rank))
+    loss_sum = 0.0
+    for micro in range(spec.accumulation):
+        ids = w.blocks[block_indices(w.step, w.rank, micro, len(w.blocks), spec, w.world)].to(w.session.device)
+        loss = w.model(ids) / spec.accumulation  # (b, L) -> mean token cross-entropy
+        (w.scaler.scale(loss) if w.scaler is not None else loss).backward()
+        loss_sum += float(loss.detach())
+    apply_gradients(w.model, w.optimizer, w.scheduler, w.scaler, spec.grad_clip)
+    w.step += 1
+    metrics = {"step": w.step, "loss": w.comm.sum([loss_sum])[0] / w.world, "lr": w.scheduler.get_last_lr()[0],
+               "tokens_per_s": spec.global_batch(w.world) * w.blocks.shape[1] / (time.perf_counter() - t0)}
+    w.history.append(metrics)
+    return metrics
+
+
+def checkpoint(w: LMWorker, metrics: dict[str, Any]) -> None:
+    """Report ``metrics`` with a sharded checkpoint (every rank its shards; rank 0 the meta)."""
+    import tempfile
+    import uuid
+    from pathlib import Path
+
+    name = w.comm.broadcast_object(f"step-{w.step:07d}-{uuid.uuid4().hex[:8]}" if w.rank == 0 else None)
+    meta = {"step": w.step, "epoch": 0, "epoch_done": w.step >= w.spec.steps,
+            "global_batch": w.spec.global_batch(w.world),
+            "spec": {k: v for k, v in asdict(w.spec).items() if k in LMFinetune.RESUME_KEYS}, "history": w.history,
+            "precision": w.precision, "world_size": w.world}
+    with tempfile.TemporaryDirectory(prefix="raydebias-ckpt-") as tmp:
+        save_sharded(Path(tmp), w.model, w.optimizer, w.scheduler, w.scaler, meta, w.rank)
+        w.session.report(metrics, checkpoint_dir=Path(tmp), name=name)
+
+
+def run_lm_worker(spec: LMFinetune, session: Any) -> dict[str, Any]:
+    """The whole fine-tuning on one rank, in phases: setup -> resume -> steps (checkpointing) -> export.
+    Returns the last step's metrics."""
+    w = setup(spec, session)
+    resume(w)
+    metrics: dict[str, Any] = w.history[-1] if w.history else {}
+    while w.step < spec.steps:
+        metrics = train_step(w)
+        if w.step % spec.checkpoint_every == 0 or w.step == spec.steps:
+            checkpoint(w, metrics)
+        elif w.step % spec.report_every == 0:
             session.report(metrics)
-        if rank == 0 and (step % spec.report_every == 0 or step == spec.steps):
+        if w.rank == 0 and (w.step % spec.report_every == 0 or w.step == spec.steps):
             log.info("lm fine-tuning: %s", json.dumps({k: round(v, 4) for k, v in metrics.items()}))
     if spec.export_to:
         from raydebias.storage import StoragePath
 
-        export_hf(model, tok, precision, None, StoragePath.of(spec.export_to), rank)
+        export_hf(w.model, w.tok, w.precision, None, StoragePath.of(spec.export_to), w.rank)
     return metrics
 
 
@@ -228,5 +263,5 @@ def lm_loop_per_worker(loop_config: dict[str, Any]) -> None:
     run_lm_worker(loop_config["spec"], RaySession())
 
 
-__all__ = ["INPUT_IDS", "CausalLM", "LMFinetune", "block_indices", "lm_loop_per_worker", "read_blocks",
-           "run_lm_worker"]
+__all__ = ["INPUT_IDS", "CausalLM", "LMFinetune", "LMWorker", "block_indices", "checkpoint", "lm_loop_per_worker",
+           "read_blocks", "resume", "run_lm_worker", "setup", "train_step"]

@@ -478,22 +478,25 @@ def _batch(w: Worker, rows: list[dict] | None, epoch: int) -> Batch:
 
 
 def optimizer_step(w: Worker, loss: torch.Tensor) -> None:
-    """backward [scaled under fp16] -> clip -> AdamW -> schedule -> zero grads."""
-    t, opt, scaler = w.cfg.train, w.optimizer, w.scaler
+    """backward [scaled under fp16] -> :func:`apply_gradients`."""
+    (w.scaler.scale(loss) if w.scaler is not None else loss).backward()
+    apply_gradients(w.model, w.optimizer, w.scheduler, w.scaler, w.cfg.train.grad_clip)
+
+
+def apply_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+                    grad_clip: float) -> None:
+    """After backward: [unscale under fp16] -> clip -> AdamW -> schedule -> zero grads."""
     if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-    else:
-        loss.backward()
-    if t.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(w.model.parameters(), t.grad_clip)
+        scaler.unscale_(optimizer)
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     if scaler is not None:
-        scaler.step(opt)
+        scaler.step(optimizer)
         scaler.update()
     else:
-        opt.step()
-    w.scheduler.step()
-    opt.zero_grad(set_to_none=True)
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def train_epoch(w: Worker, p: Progress) -> dict[str, Any]:
@@ -664,7 +667,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 __all__ = ["STREAM", "TRAIN", "VAL", "LocalSession", "LossSums", "Progress", "RaySession", "Session", "WarmupLinear",
-           "Worker", "batch_losses", "bf16_supported", "build_model", "load_lm_config", "load_tokenizer_padded",
+           "Worker", "apply_gradients", "batch_losses", "bf16_supported", "build_model", "load_lm_config", "load_tokenizer_padded",
            "shard_from_rank0", "checkpoint", "memory_stats", "optimizer_step",
            "resolve_precision", "resume", "run_local", "run_worker", "setup", "step_losses", "train_epoch",
            "train_loop_per_worker", "validate"]
