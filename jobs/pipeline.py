@@ -1,12 +1,14 @@
-"""The raydebias job: config -> data -> augment -> train -> evaluate (``--stage`` runs one).
+"""The raydebias job: config -> data -> augment -> train -> evaluate | benchmark (``--stage`` runs one).
 
     python jobs/pipeline.py --config jobs/configs/smoke.yaml --stage all --output out/smoke
+    python jobs/pipeline.py --config jobs/configs/smoke.yaml --stage benchmark --output out/smoke
     python jobs/pipeline.py --config jobs/configs/paper-gpt2.yaml --rehearse --output out/rehearse-gpt2
     ray job submit --working-dir . -- python jobs/pipeline.py --config jobs/configs/paper-gpt2.yaml --output /shared/run1
 
 ``--stage all`` (and ``augment+train``) streams the augmentation pools straight into the Ray Train workers
 (training starts with the first augmented batches; the rows are written to DIR/augmented on the way);
-``--stage train`` trains on DIR/augmented as written by ``--stage augment``.
+``--stage train`` trains on DIR/augmented as written by ``--stage augment``. ``--stage benchmark`` builds
+the six debiasing baselines and compares them with the base and the trained model (DIR/benchmark/report.md).
 
 Starts an embedded local Ray cluster unless ``ray.address`` / ``RAY_ADDRESS`` names one (``ray job
 submit`` sets ``RAY_ADDRESS`` for the driver, so submitted jobs join their cluster). Trailing

@@ -32,6 +32,12 @@ def test_a_stage_runs_after_the_upstream_stages_whose_outputs_are_missing(tmp_pa
     # evaluate reads the held-out split only for tldr; it never trains (no model: its own clear error)
     assert stages.plan("evaluate", cfg, out) == ["data", "evaluate"]
     assert stages.plan("evaluate", load_config(None, ["evaluate.tasks=[truthfulqa]"]), out) == ["evaluate"]
+    # the benchmark's contrastive row is this run's trained model: the train stage (and what it needs) first
+    assert stages.plan("benchmark", cfg, out) == ["data", "augment", "train", "benchmark"]
+    given = load_config(None, ["benchmark.contrastive_model=some/model", "evaluate.tasks=[truthfulqa]"])
+    assert stages.plan("benchmark", given, out) == ["benchmark"]
+    corpus_tldr = load_config(None, ["benchmark.contrastive_model=m", "evaluate.tasks=[rtp]", "benchmark.corpus=tldr"])
+    assert stages.plan("benchmark", corpus_tldr, out) == ["data", "benchmark"]
     _write_sources(out)
     train_only = load_config(None, ["data.eval_source=null"])
     held_out = load_config(None, ["data.eval_source=x.jsonl"])

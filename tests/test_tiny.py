@@ -184,10 +184,11 @@ def _race(out: str, barrier, queue) -> None:
     queue.put((str(path), status))
 
 
-@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
 def test_concurrent_ensure_builds_once(tmp_path):
-    """Several processes (Ray actors on one node) asking at once: one builds, the others wait and reuse."""
-    ctx = multiprocessing.get_context("fork")
+    """Several processes (Ray actors on one node) asking at once: one builds, the others wait and reuse.
+    Spawned, not forked: a fork of this test process (Ray, torch and fsspec threads of earlier tests) can
+    inherit a lock another thread held, and hang; Ray starts its actors as fresh processes too."""
+    ctx = multiprocessing.get_context("spawn")
     barrier, queue = ctx.Barrier(3), ctx.Queue()
     procs = [ctx.Process(target=_race, args=(str(tmp_path), barrier, queue)) for _ in range(3)]
     for proc in procs:
