@@ -18,7 +18,7 @@ SMOKE = REPO / "jobs" / "configs" / "smoke.yaml"
 # with these overrides (a higher lr and fewer epochs, so a short run visibly learns). One run serves the
 # augment, train, evaluate, rehearsal and sweep tests: CI time.
 PRESET = REPO / "jobs" / "configs" / "paper-llama2-7b.yaml"
-SHARED_RUN_JOB = ["--config", str(PRESET), "--rehearse"]
+SHARED_RUN_JOB = ["--config", str(PRESET), "--rehearse", "--rehearse-items", "3"]  # 3 items per benchmark
 SHARED_RUN_ROWS = 8
 SHARED_RUN_ARGS = [f"data.limit={SHARED_RUN_ROWS}", "train.lr=0.005", "train.warmup_steps=1",
                    "train.groups_per_batch=2"]

@@ -18,6 +18,8 @@ from raydebias.outputs import RunDir
 
 PAPER_ROWS = ["base", "cda_gender", "cda_race", "cda_religion", "dropout", "inlp_gender", "inlp_race",
               "sentence_debias_gender", "sentence_debias_race", "self_debias", "instructive", "contrastive"]
+CI_ROWS = ["base", "cda_gender", "dropout", "inlp_gender", "sentence_debias_gender", "self_debias", "instructive",
+           "contrastive"]
 
 
 def test_rows_follow_the_paper_and_map_to_variants(tmp_path):
@@ -86,12 +88,16 @@ def test_the_benchmark_stage_compares_every_method_and_resumes(shared_run, tmp_p
     cmd = [sys.executable, str(REPO / "jobs/pipeline.py"), *SHARED_RUN_JOB, "--rehearse-items", "2", "--stage",
            "benchmark", "--output", str(dest), *SHARED_RUN_ARGS, "evaluate.tasks=[tldr,truthfulqa,rtp]",
            "evaluate.tldr.max_new_tokens=24", "evaluate.truthfulqa.max_new_tokens=24", "evaluate.rtp.max_new_tokens=24",
-           "benchmark.homogenization.max_new_tokens=12"]
+           "benchmark.homogenization.max_new_tokens=12",
+           # one attribute per method: the others take the same code path with other word lists (unit-tested);
+           # the smoke config builds all 12 rows
+           "benchmark.cda_attributes=[gender]", "benchmark.inlp_attributes=[gender]",
+           "benchmark.sentence_debias_attributes=[gender]"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=job_env(), cwd=REPO)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     bdir = dest / "benchmark"
     metrics = json.loads((bdir / "metrics.json").read_text())
-    assert list(metrics) == PAPER_ROWS
+    assert list(metrics) == CI_ROWS
     details = json.loads((bdir / "details.json").read_text())
     assert details["failed"] == {}
     assert details["variants"]["contrastive"]["model"] == str(dest / "model")
@@ -120,7 +126,7 @@ def test_the_benchmark_stage_compares_every_method_and_resumes(shared_run, tmp_p
     assert "Barcelona, Spain.\n\nBe positive, polite" in tqa["prompt"]
     report = (bdir / "report.md").read_text()
     html = (bdir / "report.html").read_text()
-    for label in ("CDA (gender)", "INLP (race)", "Self-Debiasing", "Instructive Debiasing"):
+    for label in ("CDA (gender)", "INLP (gender)", "Self-Debiasing", "Instructive Debiasing"):
         assert label in report and label in html
     assert "data:image/png;base64," in html
     assert json.loads((dest / "stats.json").read_text())["benchmark"]["failed"] == {}

@@ -90,24 +90,17 @@ def _fit_sentence_debias(x: np.ndarray, sizes: list[int]) -> tuple[np.ndarray, d
     return v[None, :], {"sets": len(sizes), "directions": 1}
 
 
-def fit_variant(name: str, method: str, attribute: str, texts: list[str], base: str, cfg: Config, out: Any,
-                use_gpu: bool) -> dict[str, Any]:
-    """Build one INLP / SentenceDebias row into ``DIR/benchmark/variants/<name>``; returns its fit stats."""
-    import ray
-
-    from raydebias.baselines.base import save_directions
-    from raydebias.benchmark.variants import variant_dir
-
-    t0 = time.perf_counter()
+def prepare(name: str, method: str, attribute: str, texts: list[str], cfg: Config) -> dict[str, Any]:
+    """A fitted row's sentences (pure, no model): INLP's sentences per class with their labels, SentenceDebias'
+    counterfactual sets. Raises (the row is reported failed) when the corpus cannot fit it."""
     p = cfg.benchmark.projection
     if method == "inlp":
         from raydebias.baselines.inlp import inlp_sentences
 
         sentences, labels, counts = inlp_sentences(texts, inlp_classes(attribute), n_per_class=p.sentences_per_class,
                                                    seed=cfg.seed)
-        x = embed(sentences, base, cfg, use_gpu)
-        task = ray.remote(num_cpus=1)(_fit_inlp).remote(x, labels, p.inlp_iterations, cfg.seed)
-    elif method == "sentence_debias":
+        return {"sentences": sentences, "labels": labels, "counts": counts}
+    if method == "sentence_debias":
         from raydebias.baselines.cda import counterfactual_versions
         from raydebias.baselines.sentence_debias import counterfactual_sets
 
@@ -116,19 +109,59 @@ def fit_variant(name: str, method: str, attribute: str, texts: list[str], base: 
         if not sets:
             raise DataError(f"benchmark: {name}: the corpus has no sentence with a {attribute} attribute word "
                             f"(benchmark.corpus={cfg.benchmark.corpus!r}): SentenceDebias cannot fit")
-        x = embed([s for group in sets for s in group], base, cfg, use_gpu)
-        task = ray.remote(num_cpus=1)(_fit_sentence_debias).remote(x, [len(g) for g in sets])
-    else:
-        raise ValueError(f"benchmark: {method!r} is not a fitted method")
-    directions, fit = ray.get(task)
-    stats = {"method": method, "attribute": attribute, "base": base, "sentences": counts, "fit": fit,
-             "seconds": round(time.perf_counter() - t0, 2)}
-    with variant_dir(out, name).replacing_local() as tmp:
-        save_directions(tmp, directions, method=method, attribute=attribute, base=base)
-        (tmp / "fit.json").write_text(json.dumps(stats, indent=1, default=float))
-    log.info("benchmark: %s fitted (%d directions of %d dims) in %.1fs", name, directions.shape[0],
-             directions.shape[1], stats["seconds"])
-    return stats
+        return {"sentences": [s for group in sets for s in group], "sizes": [len(g) for g in sets], "counts": counts}
+    raise ValueError(f"benchmark: {method!r} is not a fitted method")
 
 
-__all__ = ["Embed", "embed", "fit_variant", "inlp_classes"]
+def fit_variants(rows: list[Any], texts: list[str], base: str, cfg: Config, out: Any, use_gpu: bool
+                 ) -> tuple[dict[str, Any], dict[str, str]]:
+    """Build every INLP / SentenceDebias row of ``rows`` into ``DIR/benchmark/variants/<row>``: the sentences of
+    all rows embedded in ONE pass of the embedding pool (the base model loads once), then every fit as its own
+    Ray task, at the same time. Returns (fit stats per built row, why per failed row)."""
+    import ray
+
+    from raydebias.baselines.base import save_directions
+    from raydebias.benchmark.variants import variant_dir
+
+    t0 = time.perf_counter()
+    built: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    prepared: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        try:
+            prepared[row.name] = {"row": row, **prepare(row.name, row.method, row.attribute, texts, cfg)}
+        except Exception as e:  # noqa: BLE001 - reported as a failed row, with why (issue #15 item 6)
+            failed[row.name] = f"{type(e).__name__}: {e}"
+    if not prepared:
+        return built, failed
+    unique = sorted({s for p in prepared.values() for s in p["sentences"]})
+    where = {s: i for i, s in enumerate(unique)}
+    x = embed(unique, base, cfg, use_gpu)  # (U, d)
+    fit = ray.remote(num_cpus=1)
+    tasks = {}
+    for name, p in prepared.items():
+        xs = x[[where[s] for s in p["sentences"]]]
+        if p["row"].method == "inlp":
+            tasks[name] = fit(_fit_inlp).remote(xs, p["labels"], cfg.benchmark.projection.inlp_iterations, cfg.seed)
+        else:
+            tasks[name] = fit(_fit_sentence_debias).remote(xs, p["sizes"])
+    log.info("benchmark: embedded %d sentences for %s in %.1fs", len(unique), ", ".join(prepared),
+             time.perf_counter() - t0)
+    for name, task in tasks.items():
+        row = prepared[name]["row"]
+        try:
+            directions, stats_fit = ray.get(task)
+        except Exception as e:  # noqa: BLE001 - reported as a failed row, with why
+            failed[name] = f"{type(e).__name__}: {e}"
+            continue
+        stats = {"method": row.method, "attribute": row.attribute, "base": base, "sentences": prepared[name]["counts"],
+                 "fit": stats_fit, "seconds": round(time.perf_counter() - t0, 2)}
+        with variant_dir(out, name).replacing_local() as tmp:
+            save_directions(tmp, directions, method=row.method, attribute=row.attribute, base=base)
+            (tmp / "fit.json").write_text(json.dumps(stats, indent=1, default=float))
+        log.info("benchmark: %s fitted (%d directions of %d dims)", name, directions.shape[0], directions.shape[1])
+        built[name] = stats
+    return built, failed
+
+
+__all__ = ["Embed", "embed", "fit_variants", "inlp_classes", "prepare"]

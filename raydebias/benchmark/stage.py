@@ -50,7 +50,8 @@ SCR_ITEM = "scr:"  # item prefix of the homogenization samples (question index /
 def build_rows(cfg: Config, out: Any, todo: list[Row], use_gpu: bool) -> tuple[dict[str, Any], dict[str, str]]:
     """Build every row of ``todo`` not built yet: (stats per built row, why per failed row). Fine-tunings run
     ``benchmark.finetune.concurrent_runs`` at a time (each ``trainer.fit()`` only waits on its Ray Train
-    controller, so threads are enough); fits run one after the other (each is one small embed pool + a task)."""
+    controller, so threads are enough) while the fits run: one embedding pass for all of them, then one task
+    each (:func:`raydebias.benchmark.fit.fit_variants`)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from raydebias.benchmark.corpus import read_texts
@@ -62,11 +63,7 @@ def build_rows(cfg: Config, out: Any, todo: list[Row], use_gpu: bool) -> tuple[d
     texts, counts = read_texts(b.corpus, out, split=b.corpus_split, limit=b.corpus_limit)
     log.info("benchmark: corpus %s: %d texts (%s)", b.corpus, len(texts), counts.as_dict())
 
-    def build(row: Row) -> Any:
-        if row.build == "fit":
-            from raydebias.benchmark.fit import fit_variant
-
-            return fit_variant(row.name, row.method, row.attribute, texts, base_model(cfg), cfg, out, use_gpu)
+    def train(row: Row) -> Any:
         from raydebias.benchmark.finetune import finetune_variant
 
         return finetune_variant(row, texts, cfg, out)
@@ -75,34 +72,28 @@ def build_rows(cfg: Config, out: Any, todo: list[Row], use_gpu: bool) -> tuple[d
     from ray.train.torch import TorchTrainer  # noqa: F401
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
+    from raydebias.benchmark.fit import fit_variants
+
     built: dict[str, Any] = {}
     failed: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=b.finetune.concurrent_runs, thread_name_prefix="finetune") as pool:
-        trained = {r.name: pool.submit(build, r) for r in todo if r.build == "train"}
-        fitted = {}
-        for r in todo:
-            if r.build == "fit":
-                fitted[r.name] = _attempt(build, r, failed)
+        trained = {r.name: pool.submit(train, r) for r in todo if r.build == "train"}
+        fitted, not_fitted = fit_variants([r for r in todo if r.build == "fit"], texts, base_model(cfg), cfg, out,
+                                          use_gpu)  # meanwhile, on this thread
+        for name, why in not_fitted.items():
+            _failed(name, why, failed)
         for name, fut in trained.items():
             try:
                 built[name] = fut.result()
             except Exception as e:  # noqa: BLE001 - reported as a failed row, with why (issue #15 item 6)
-                _failed(name, e, failed)
-    built.update({k: v for k, v in fitted.items() if k not in failed})
-    return built, failed
+                _failed(name, f"{type(e).__name__}: {e}", failed)
+    built.update(fitted)
+    return {k: built[k] for k in (r.name for r in todo) if k in built}, failed
 
 
-def _attempt(fn: Any, row: Row, failed: dict[str, str]) -> Any:
-    try:
-        return fn(row)
-    except Exception as e:  # noqa: BLE001 - reported as a failed row, with why (issue #15 item 6)
-        _failed(row.name, e, failed)
-        return None
-
-
-def _failed(name: str, e: BaseException, failed: dict[str, str]) -> None:
-    failed[name] = f"{type(e).__name__}: {e}"
-    log.error("benchmark: %s could not be built: %s", name, failed[name])
+def _failed(name: str, why: str, failed: dict[str, str]) -> None:
+    failed[name] = why
+    log.error("benchmark: %s could not be built: %s", name, why)
 
 
 # --------------------------------------------------------------------------------------------------
