@@ -479,9 +479,9 @@ class BenchmarkConfig:
                      "the `text` column), a shipped `sample:NAME`, or `tldr` (this run's TL;DR training posts). "
                      "bias-bench uses 10% of English Wikipedia.")
     corpus_split: str = _f("train", "Split of a hub corpus.")
-    corpus_limit: int | None = _f(None, "At most this many corpus texts, the first ones (null: as many as the methods "
-                                  "need: a hub corpus is streamed, CDA reads until its steps are trained, INLP until "
-                                  "every class has its sentences).")
+    corpus_limit: int | None = _f(640_000, "At most this many corpus texts, the first ones (bias-bench: 10% of English "
+                                  "Wikipedia, ~640k of its 6.4M articles). The builds read them into the driver's "
+                                  "memory (a few GB at this size); null: the whole corpus.")
     finetune: FinetuneConfig = _f(FinetuneConfig(), "CDA / Dropout fine-tuning.")
     projection: ProjectionConfig = _f(ProjectionConfig(), "INLP / SentenceDebias fitting.")
     self_debias_decay: float = _f(50.0, "Self-Debias decay constant lambda (Schick et al. 2021: 50).")

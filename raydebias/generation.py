@@ -222,16 +222,15 @@ class HFGenerator:
     sampling only, and vLLM's default is no top-k, so both backends sample the same distribution.
     """
 
-    def __init__(self, model_id: str, device: str = "cpu", dtype: Any = None, intervention: Any = None):
+    def __init__(self, model_id: str, device: str = "cpu", dtype: Any = None):
         from raydebias.models import load_model
 
         self.model_id = model_id
         self.model, self.tokenizer = load_model(model_id, "causal_lm", device=device, dtype=dtype)
-        # A debiasing method's inference-time change (raydebias.baselines.base.Intervention): hooks are attached
-        # once here; its logits processors are built per batch from the encoded prompts.
-        self.intervention = intervention
-        if intervention is not None:
-            intervention.attach(self.model)
+        # A debiasing method's inference-time change (raydebias.baselines.base.Intervention), set by its user
+        # (evaluation's Generate actor, which also attaches its hooks): its logits processors are built per
+        # generate() call from the encoded prompts.
+        self.intervention: Any = None
         self.tokenizer.padding_side = "left"
         self.tokenizer.truncation_side = "left"  # keep the end of an over-long prompt (GenParams doc)
         self.device = self.model.device

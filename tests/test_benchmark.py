@@ -71,9 +71,9 @@ def test_a_row_that_cannot_be_built_is_reported_failed_with_why(tmp_path):
                                          "A new library opened near the station with a quiet reading room.\n")
     cfg = load_config(str(SMOKE), [f"benchmark.corpus={tmp_path / 'corpus.txt'}"])
     out = RunDir(tmp_path / "run")
-    built, failed = build_rows(cfg, out, [Row("inlp_race", "inlp", "race"), Row("cda_religion", "cda", "religion")],
-                               use_gpu=False)
-    assert built == {}
+    built, failed, corpus = build_rows(cfg, out, [Row("inlp_race", "inlp", "race"),
+                                                   Row("cda_religion", "cda", "religion")], use_gpu=False)
+    assert built == {} and corpus == {"read": 2, "kept": 2, "skipped": {}}
     assert "cannot fit" in failed["inlp_race"] and "race" in failed["inlp_race"]
     assert "no line with a religion attribute word" in failed["cda_religion"]
 
@@ -100,6 +100,8 @@ def test_the_benchmark_stage_compares_every_method_and_resumes(shared_run, tmp_p
     assert list(metrics) == CI_ROWS
     details = json.loads((bdir / "details.json").read_text())
     assert details["failed"] == {}
+    c = details["corpus"]  # the shipped corpus, every text accounted for
+    assert c["read"] == c["kept"] + sum(c["skipped"].values()) and c["kept"] > 100
     assert details["variants"]["contrastive"]["model"] == str(dest / "model")
     assert details["variants"]["base"]["model"] == "tiny:llama"
     for name, m in metrics.items():
@@ -135,6 +137,9 @@ def test_the_benchmark_stage_compares_every_method_and_resumes(shared_run, tmp_p
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=job_env(), cwd=REPO)
     assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
     stats = json.loads((dest / "stats.json").read_text())["benchmark"]
+    assert stats["corpus"] is None and stats["general_text"]["read"] == stats["general_text"]["kept"] > 20
+    q = stats["homogenization_questions"]
+    assert q["questions_in"] == q["asked"] + q["refused"] == 2
     assert stats["built"] == [] and json.loads((bdir / "metrics.json").read_text()) == metrics
     assert "generated " not in again.stderr
 

@@ -47,8 +47,10 @@ SCR_ITEM = "scr:"  # item prefix of the homogenization samples (question index /
 # --------------------------------------------------------------------------------------------------
 
 
-def build_rows(cfg: Config, out: Any, todo: list[Row], use_gpu: bool) -> tuple[dict[str, Any], dict[str, str]]:
-    """Build every row of ``todo`` not built yet: (stats per built row, why per failed row). Fine-tunings run
+def build_rows(cfg: Config, out: Any, todo: list[Row], use_gpu: bool
+               ) -> tuple[dict[str, Any], dict[str, str], dict[str, Any] | None]:
+    """Build every row of ``todo`` not built yet: (stats per built row, why per failed row, the corpus' counts:
+    texts read = kept + skipped per reason; None when nothing was built). Fine-tunings run
     ``benchmark.finetune.concurrent_runs`` at a time (each ``trainer.fit()`` only waits on its Ray Train
     controller, so threads are enough) while the fits run: one embedding pass for all of them, then one task
     each (:func:`raydebias.benchmark.fit.fit_variants`)."""
@@ -59,7 +61,7 @@ def build_rows(cfg: Config, out: Any, todo: list[Row], use_gpu: bool) -> tuple[d
     b = cfg.benchmark
     todo = [r for r in todo if not is_built(r, out)]
     if not todo:
-        return {}, {}
+        return {}, {}, None
     texts, counts = read_texts(b.corpus, out, split=b.corpus_split, limit=b.corpus_limit)
     log.info("benchmark: corpus %s: %d texts (%s)", b.corpus, len(texts), counts.as_dict())
 
@@ -88,7 +90,7 @@ def build_rows(cfg: Config, out: Any, todo: list[Row], use_gpu: bool) -> tuple[d
             except Exception as e:  # noqa: BLE001 - reported as a failed row, with why (issue #15 item 6)
                 _failed(name, f"{type(e).__name__}: {e}", failed)
     built.update(fitted)
-    return {k: built[k] for k in (r.name for r in todo) if k in built}, failed
+    return {k: built[k] for k in (r.name for r in todo) if k in built}, failed, counts.as_dict()
 
 
 def _failed(name: str, why: str, failed: dict[str, str]) -> None:
@@ -101,23 +103,28 @@ def _failed(name: str, why: str, failed: dict[str, str]) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def homogenization_requests(bench: dict[str, list[dict]], cfg: Config) -> tuple[list[dict], int]:
+def homogenization_requests(bench: dict[str, list[dict]], cfg: Config) -> tuple[list[dict], int, dict[str, int]]:
     """``samples`` sampled answers per TruthfulQA question (the generation prompt, stopped as TruthfulQA
-    generation is), and the number of questions."""
+    generation is), the number of question slots, and counts: questions in = asked + refused (a row without a
+    question; TruthfulQA's own requests quarantine it too when it is evaluated)."""
     from raydebias.evaluate.tasks.truthfulqa import GEN_STOP, gen_prompt, normalize_row
 
     h, e = cfg.benchmark.homogenization, cfg.evaluate
     questions = bench.get("truthfulqa_gen") or []
     n = h.questions if h.questions is not None else (e.limit if e.limit is not None else len(questions))
     reqs = []
+    counts = {"questions_in": min(n, len(questions)), "asked": 0, "refused": 0}
     for i, raw in enumerate(questions[:n]):
         try:
             q = normalize_row(raw)["question"]
-        except ValueError:
-            continue  # the evaluation's own requests quarantine this row with its reason
+        except ValueError as e:
+            counts["refused"] += 1
+            log.warning("benchmark: homogenization: TruthfulQA row %d refused: %s", i, e)
+            continue
+        counts["asked"] += 1
         reqs += [T._req("truthfulqa_gen", f"{SCR_ITEM}{i}/{k}", "sample", gen_prompt(q), h.max_new_tokens,
                         h.temperature, h.top_p, stop=[GEN_STOP], question=i) for k in range(h.samples)]
-    return reqs, min(n, len(questions))
+    return reqs, min(n, len(questions)), counts
 
 
 def variant_requests(v: Variant, bench: dict[str, list[dict]], cfg: Config, scr: list[dict]
@@ -365,7 +372,7 @@ def run_benchmark_stage(cfg: Config, out: Any) -> dict[str, Any]:
     gpu = use_gpus(cfg.device)
     b, bdir = cfg.benchmark, benchmark_dir(out)
     plan = rows(cfg)
-    built, failed = build_rows(cfg, out, [r for r in plan if r.build != "none"], gpu)
+    built, failed, corpus = build_rows(cfg, out, [r for r in plan if r.build != "none"], gpu)
     variants = {r.name: variant(r, cfg, out) for r in plan if r.name not in failed}
 
     bench = read_benchmarks(cfg, out)
@@ -375,15 +382,15 @@ def run_benchmark_stage(cfg: Config, out: Any) -> dict[str, Any]:
         bench_h = truthfulqa.read(cfg.evaluate, out)
     else:
         bench_h = bench
-    scr_reqs, n_questions = homogenization_requests(bench_h, cfg)
+    scr_reqs, n_questions, scr_counts = homogenization_requests(bench_h, cfg)
     requests, bad, rows_in = {}, {}, {}
     for name, v in variants.items():
         requests[name], bad[name], rows_in[name] = variant_requests(v, bench, cfg, scr_reqs)
     generated = generate(variants, requests, cfg, out, gpu)
     scored = score(generated, cfg, out, gpu)
     scr = homogenization(generated, n_questions, cfg)
-    general, _ = read_texts(b.general_text, out, split=b.general_text_split, limit=b.general_text_limit,
-                            what="general text")
+    general, general_counts = read_texts(b.general_text, out, split=b.general_text_split,
+                                         limit=b.general_text_limit, what="general text")
     loss = general_loss(variants, general, cfg, gpu)
 
     table: dict[str, dict[str, float]] = {}
@@ -400,13 +407,16 @@ def run_benchmark_stage(cfg: Config, out: Any) -> dict[str, Any]:
     (bdir / "metrics.json").write_text(json.dumps(table, indent=1, default=float))
     details = {"variants": {k: {"method": v.method, "model": v.model, "artifact": v.artifact,
                                 "prompt_prefix": v.prompt_prefix, "options": v.options} for k, v in variants.items()},
-               "failed": failed, "built": built, "counts": counts, "homogenization": scr, "general_text": loss}
+               "failed": failed, "built": built, "corpus": corpus, "counts": counts,
+               "homogenization": {"questions": scr_counts, "per_variant": scr},
+               "general_text": {"texts": general_counts.as_dict(), "per_variant": loss}}
     (bdir / "details.json").write_text(json.dumps(details, indent=1, default=float))
     with tempfile.TemporaryDirectory(prefix="raydebias-benchmark-") as tmp:
         write_benchmark_report(table, Path(tmp), failed=failed)
         bdir.put_files(Path(tmp))
     out.write_table(quarantine_table(quarantined), out.quarantine_dir("benchmark"))
-    stats = {"rows": [r.name for r in plan], "failed": failed, "built": sorted(built), "counts": counts,
+    stats = {"rows": [r.name for r in plan], "failed": failed, "built": sorted(built), "corpus": corpus,
+             "general_text": general_counts.as_dict(), "homogenization_questions": scr_counts, "counts": counts,
              "seconds": round(time.perf_counter() - t0, 2), "report": str(bdir / "report.md")}
     out.update_stats("benchmark", stats)
     return stats
