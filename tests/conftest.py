@@ -97,19 +97,101 @@ def s3():
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def shared_run(tmp_path_factory):
+class SharedRun:
     """One `--stage all` run of the rehearsed Llama-2-7B preset (data -> augmentation streamed into 2 FSDP2
-    workers -> evaluate; support.SHARED_RUN_JOB), shared by the augment, train, rehearsal and sweep tests
-    (the sweep copies its data/ and augmented/)."""
-    import subprocess
-    import sys
+    workers -> evaluate; support.SHARED_RUN_JOB), shared by the augment, train, rehearsal, sweep and benchmark
+    tests, which read it and never write into it.
 
-    from support import SHARED_RUN_ARGS, SHARED_RUN_JOB, job_env
+    It is the suite's longest step, so it starts in the background as soon as collection finds a test that
+    needs it, and runs while the other tests do; the ``shared_run`` fixture waits for it. Under pytest-xdist
+    the workers share one run: the first to get the lock launches it, in a directory above the workers' own
+    (``getbasetemp().parent``), and its end is a file (the exit status, written last), so any worker can
+    wait for it."""
 
-    out = tmp_path_factory.mktemp("train") / "run"
-    r = subprocess.run([sys.executable, str(REPO / "jobs/pipeline.py"), *SHARED_RUN_JOB, "--stage", "all",
-                        "--output", str(out), *SHARED_RUN_ARGS, "train.epochs=2"],
-                       capture_output=True, text=True, timeout=1200, env=job_env(), cwd=REPO)
-    assert r.returncode == 0, r.stderr[-4000:]
-    return out, r
+    def __init__(self, config):
+        self.config = config
+        self.proc = None  # the job, in the process that launched it
+
+    @property
+    def root(self) -> Path:
+        base = self.config._tmp_path_factory.getbasetemp()
+        return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-run"
+
+    @property
+    def out(self) -> Path:
+        return self.root / "run"
+
+    def start(self) -> None:
+        import shlex
+        import subprocess
+        import sys
+
+        from filelock import FileLock
+        from support import SHARED_RUN_ARGS, SHARED_RUN_JOB, job_env
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.root) + ".lock"):
+            if (self.root / "cmd").exists():
+                return
+            cmd = [sys.executable, str(REPO / "jobs/pipeline.py"), *SHARED_RUN_JOB, "--stage", "all",
+                   "--output", str(self.out), *SHARED_RUN_ARGS, "train.epochs=2"]
+            (self.root / "cmd").write_text(shlex.join(cmd))
+            script = f'{shlex.join(cmd)} >stdout 2>stderr; echo $? >rc.tmp && mv rc.tmp rc'
+            self.proc = subprocess.Popen(["sh", "-c", script], cwd=self.root, env=job_env(),
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def result(self, timeout: float = 1200):
+        import subprocess
+        import time
+
+        self.start()  # no-op once launched (here or by another worker)
+        deadline = time.monotonic() + timeout
+        while not (self.root / "rc").exists():
+            if self.proc is not None and self.proc.poll() is not None and not (self.root / "rc").exists():
+                pytest.fail(f"the shared run's shell died ({self.proc.returncode}) without an exit status")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the shared run did not finish in {timeout:.0f} s (see {self.root})")
+            time.sleep(1)
+        rc = int((self.root / "rc").read_text())
+        r = subprocess.CompletedProcess((self.root / "cmd").read_text(), rc, (self.root / "stdout").read_text(),
+                                        (self.root / "stderr").read_text())
+        assert rc == 0, r.stderr[-4000:]
+        return self.out, r
+
+    def stop(self, wait: bool) -> None:
+        """At the end of the session that launched it: let a run another worker may still need finish;
+        an interrupted session stops it (and the Ray cluster it started)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if wait:
+            try:
+                self.proc.wait(timeout=1200)
+                return
+            except Exception:
+                pass
+        from support import kill_tree
+
+        kill_tree(self.proc.pid, timeout=10)
+
+
+def pytest_configure(config):
+    config._raydebias_shared_run = SharedRun(config)
+
+
+def pytest_collection_finish(session):
+    if session.config.option.collectonly:
+        return
+    if any("shared_run" in getattr(item, "fixturenames", ()) for item in session.items):
+        session.config._raydebias_shared_run.start()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    run = getattr(session.config, "_raydebias_shared_run", None)
+    if run is not None:
+        run.stop(wait=exitstatus not in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.USAGE_ERROR))
+
+
+@pytest.fixture(scope="session")
+def shared_run(request):
+    """The shared run's output directory and its finished process (SharedRun)."""
+    return request.config._raydebias_shared_run.result()
