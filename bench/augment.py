@@ -1,14 +1,18 @@
-"""Benchmark augmentation: Ray Data actor pools vs. a plain sequential per-row loop, same rows and models.
+"""Benchmark augmentation against its limits, same rows and models in one run.
 
     .venv/bin/python bench/augment.py --rows 48
 
-The loop is what the authors' code does: load every model once in one process, then push each source
-row through every op in turn (batch of one). The pipeline is `raydebias.augment.pipeline.build`: one
-actor pool per model, batches streamed between pools. Both use the smoke config's tiny models and the
-shipped sample rows. Prints rows/s of each, the ratio (pipeline / loop), and the pipeline with 1 vs 2
-actors per op. Load time is excluded from the loop and included (actor start) in the pipeline, which
-is what a user waits for; the printed `pipeline_warm_s` repeats the run on a warm cluster to separate
-the two. Absolute times on shared 2-core machines are noisy: compare ratios from one run.
+(a) the loop: what the authors' code does: every model loaded once in one process, each source row
+    pushed through every stage in turn (batch of one);
+(b) batched: one process running the same stages on batches of each stage's ``resources.batch_size``
+    rows, no Ray: the limit of this box for these models (no serialisation, no scheduling);
+(c) the pipeline: ``raydebias.augment.pipeline.build``, one Ray Data actor pool per model, batches
+    streamed between pools; cold (actor start included: what a user waits for), then warm, then with 2
+    actors per op.
+All use the smoke config's tiny models and the shipped sample rows; load time is excluded from (a) and
+(b). Prints rows/s of each, Ray Data's per-operator stats of the warm run, and a final JSON line with
+``ratio_pipeline_over_loop`` ((c)/(a) in rows/s) and ``ratio_pipeline_over_batched`` ((c)/(b)).
+Absolute times on shared 2-core machines are noisy: compare the ratios of one run.
 """
 
 from __future__ import annotations
@@ -45,13 +49,13 @@ def source_rows(n: int) -> pa.Table:
 def sequential(table: pa.Table, cfg) -> float:
     import torch
 
-    from raydebias.augment.clean import Finalize, add_reference
+    from raydebias.augment.clean import Finalize, FinalizeRules, add_reference
     from raydebias.augment.stage import stage_classes, stage_order
 
     torch.set_num_threads(1)
     classes = stage_classes()
     stages = [classes[s].from_config(cfg.augment, device="cpu", seed=cfg.seed) for s in stage_order(cfg.augment)]
-    final = Finalize(cfg.augment)
+    final = Finalize(FinalizeRules.from_config(cfg.augment))
     t0 = time.perf_counter()
     for i in range(table.num_rows):
         b = add_reference(table.slice(i, 1))
@@ -61,7 +65,31 @@ def sequential(table: pa.Table, cfg) -> float:
     return time.perf_counter() - t0
 
 
-def pipeline(table: pa.Table, cfg, actors: int) -> float:
+def batched(table: pa.Table, cfg) -> float:
+    """(b): the same stages in this process on batches of each stage's ``resources.batch_size`` rows (a
+    stage without resources, 16): every stage runs over the whole table before the next, as one process
+    would run them with no pipelining."""
+    import torch
+
+    from raydebias.augment.clean import Finalize, FinalizeRules, add_reference
+    from raydebias.augment.stage import stage_classes, stage_order
+
+    torch.set_num_threads(1)
+    classes = stage_classes()
+    names = stage_order(cfg.augment)
+    stages = [(classes[s].from_config(cfg.augment, device="cpu", seed=cfg.seed), classes[s].resources(cfg.augment))
+              for s in names]
+    final = Finalize(FinalizeRules.from_config(cfg.augment))
+    t0 = time.perf_counter()
+    t = add_reference(table)
+    for st, res in stages:
+        size = res.batch_size if res is not None else 16
+        t = pa.concat_tables([st(t.slice(i, size)) for i in range(0, t.num_rows, size)])
+    final(t)
+    return time.perf_counter() - t0
+
+
+def pipeline(table: pa.Table, cfg, actors: int, stats: bool = False) -> float:
     import ray.data
 
     from raydebias.augment.pipeline import build
@@ -73,9 +101,12 @@ def pipeline(table: pa.Table, cfg, actors: int) -> float:
         if (res := classes[s].resources(a)) is not None:
             res.actors = actors
     t0 = time.perf_counter()
-    n = build(ray.data.from_arrow(table), cfg, use_gpu=False).count()
-    assert n == table.num_rows
-    return time.perf_counter() - t0
+    ds = build(ray.data.from_arrow(table), cfg, use_gpu=False).materialize()
+    seconds = time.perf_counter() - t0
+    assert ds.count() == table.num_rows
+    if stats:
+        print(ds.stats(), file=sys.stderr, flush=True)
+    return seconds
 
 
 def main() -> None:
@@ -94,21 +125,26 @@ def main() -> None:
     table = source_rows(args.rows)
     loop_s = sequential(table, cfg)
     print(json.dumps({"loop_s": round(loop_s, 2)}), flush=True)
+    batched_s = batched(table, cfg)
+    print(json.dumps({"batched_s": round(batched_s, 2)}), flush=True)
     init_ray(cfg)
     try:
         cold_1 = pipeline(table, load_config(REPO / "jobs/configs/smoke.yaml", over), actors=1)
         print(json.dumps({"pipeline_cold_s": round(cold_1, 2)}), flush=True)
-        warm_1 = pipeline(table, load_config(REPO / "jobs/configs/smoke.yaml", over), actors=1)
+        warm_1 = pipeline(table, load_config(REPO / "jobs/configs/smoke.yaml", over), actors=1, stats=True)
         print(json.dumps({"pipeline_warm_s": round(warm_1, 2)}), flush=True)
         warm_2 = pipeline(table, load_config(REPO / "jobs/configs/smoke.yaml", over), actors=2)
     finally:
         ray.shutdown()
     n = table.num_rows
     print(json.dumps({
-        "rows": n, "cpus_physical": os.cpu_count(), "loop_s": round(loop_s, 2),
+        "rows": n, "cpus_physical": os.cpu_count(), "loop_s": round(loop_s, 2), "batched_s": round(batched_s, 2),
         "pipeline_cold_s": round(cold_1, 2), "pipeline_warm_s": round(warm_1, 2), "pipeline_2_actors_s": round(warm_2, 2),
-        "loop_rows_per_s": round(n / loop_s, 2), "pipeline_rows_per_s": round(n / warm_1, 2),
-        "ratio_pipeline_over_loop": round(loop_s / warm_1, 3), "ratio_cold_pipeline_over_loop": round(loop_s / cold_1, 3),
+        "loop_rows_per_s": round(n / loop_s, 2), "batched_rows_per_s": round(n / batched_s, 2),
+        "pipeline_rows_per_s": round(n / warm_1, 2),
+        "ratio_pipeline_over_loop": round(loop_s / warm_1, 3), "ratio_pipeline_over_batched": round(batched_s / warm_1, 3),
+        "ratio_cold_pipeline_over_loop": round(loop_s / cold_1, 3),
+        "startup_share_cold": round(max(cold_1 - warm_1, 0) / cold_1, 3),
         "scaling_2_over_1_actors": round(warm_1 / warm_2, 3),
     }))
 

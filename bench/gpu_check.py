@@ -15,6 +15,8 @@ Runs, each isolated (a failure is recorded and the next check still runs):
   baselines the CDA/Dropout fine-tuning loop (FSDP2, NCCL, bf16, checkpoints, export) and one generation actor
             serving the base, a hidden-state hook (INLP/SentenceDebias) and Self-Debias' logits processor.
   vllm      vLLM vs HF generate tokens/s on the same prompts and model (when vllm is importable).
+  shared_prompt  one row per group (prompt encoded once, tree attention mask) vs one row per candidate on
+            paper-size GPT-2 groups: equal losses (fp32), tokens and step time of each.
   mfu       training model-FLOPs utilisation of a GPT-2-medium-sized model (bf16, FSDP2 world 1).
 
 Prints one JSON line (train_gpu_ok, evaluate_gpu_ok, mfu, vllm_over_hf_tokens_per_s, ..., errors) and
@@ -40,6 +42,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+from groups import random_gpt2, sample_groups  # noqa: E402  (bench/ is this script's directory)
+
 # Dense bf16 tensor-core peak (NVIDIA datasheets, SXM parts): the MFU denominator.
 PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
 DEVICE = "cuda"  # --device cpu: a dry run of this script on a machine without a GPU
@@ -47,52 +51,6 @@ DEVICE = "cuda"  # --device cpu: a dry run of this script on a machine without a
 
 def log(msg: str) -> None:
     print(f"[gpu_check {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def sample_groups(n: int, long_posts: bool = False) -> list[dict]:
-    """Augmented-style groups (reference + a paraphrase, two negatives incl. a toxic rewrite) from the
-    shipped TL;DR samples."""
-    from raydebias.prompts import parse_prompt
-
-    rows = []
-    for f in sorted((REPO / "raydebias/samples/tldr/train").glob("carper-*.jsonl")):
-        for line in f.read_text().splitlines():
-            rec = json.loads(line)
-            p = parse_prompt(rec["prompt"])
-            if p is None or not rec.get("label"):
-                continue
-            rows.append((p, rec["label"].strip()))
-    out = []
-    for i in range(n):
-        p, summary = rows[i % len(rows)]
-        post = (p["post"] + "\n") * (4 if long_posts else 1)
-        words = summary.split()
-        out.append({
-            "id": f"g{i}", "post": post, "summary": summary, "subreddit": p["subreddit"], "title": p["title"],
-            "positives": [{"text": summary, "op": "reference", "entities": None},
-                          {"text": "In short, " + summary, "op": "backtranslate", "entities": None}],
-            "negatives": [{"text": "what an idiot, " + summary, "op": "toxic_rewrite", "entities": None},
-                          {"text": " ".join(reversed(words)), "op": "low_confidence", "entities": None}],
-        })
-    return out
-
-
-def random_gpt2(dest: Path, n_embd: int, n_layer: int, n_head: int) -> str:
-    """A random GPT-2 of the given size (the real 50257 vocabulary size and 1024 positions), with the
-    tiny kit's GPT-2 tokenizer (its ids are a subset of the vocabulary)."""
-    import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    from raydebias.models import resolve_model
-
-    tok = AutoTokenizer.from_pretrained(resolve_model("tiny:gpt2"))
-    config = GPT2Config(vocab_size=50257, n_positions=1024, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-                        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(config)
-    model.save_pretrained(dest, safe_serialization=True)
-    tok.save_pretrained(dest)
-    return str(dest)
 
 
 def train_cfg(model: str, precision: str, **extra):
@@ -251,6 +209,48 @@ def check_vllm(models: dict[str, str], results: dict) -> None:
     results["vllm_over_hf_tokens_per_s"] = round(speeds["vllm"] / speeds["hf"], 2)
 
 
+def check_shared_prompt(models: dict[str, str], results: dict) -> None:
+    """The shared-prompt encoding on CUDA (SDPA with a boolean tree mask): the losses of one row per group
+    equal those of one row per candidate (fp32, dropout off), and the step time of each, on paper-size GPT-2
+    groups (reference + 3 backtranslations + 10 negatives, ~400-token prompts) and a GPT-2-small model."""
+    import torch
+    from groups import paper_groups
+
+    from raydebias.config import load_config
+    from raydebias.models import load_model
+    from raydebias.train.batching import Collator
+    from raydebias.train.loop import step_losses
+    from raydebias.train.model import ContrastiveLM
+
+    cfg = load_config(None, ["train.max_length=512"])
+    lm, tok = load_model(models["gpt2-small"], "causal_lm", device=DEVICE, dtype=torch.float32)
+    torch.manual_seed(0)
+    model = ContrastiveLM(lm, cfg.train.proj_dim).to(DEVICE)
+    groups = paper_groups(8 if DEVICE == "cuda" else 2, tok)
+    out = {}
+    for name, shared in (("per_candidate", False), ("shared_prompt", True)):
+        batch = Collator(tok, 512, shared_prompt=shared)(groups, 0).to(DEVICE)
+        model.eval()
+        with torch.no_grad():
+            loss = step_losses(model, batch, cfg)["loss"].item()
+        model.train()
+        times = []
+        for _ in range(4):
+            model.zero_grad(set_to_none=True)
+            if DEVICE == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            step_losses(model, batch, cfg)["loss"].backward()
+            if DEVICE == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        out[name] = {"loss": loss, "tokens": batch.n_tokens, "step_s": round(min(times[1:]), 4)}
+    results["shared_prompt"] = {**out, "loss_abs_diff": abs(out["per_candidate"]["loss"] - out["shared_prompt"]["loss"]),
+                                "step_speedup": round(out["per_candidate"]["step_s"] / out["shared_prompt"]["step_s"], 2)}
+    if results["shared_prompt"]["loss_abs_diff"] > 1e-3:
+        raise AssertionError(f"shared-prompt loss differs from per-candidate: {results['shared_prompt']}")
+
+
 def check_mfu(models: dict[str, str], results: dict) -> None:
     """Model FLOPs of the contrastive step / time / peak. FLOPs per step (PaLM App. B, as nanoGPT counts
     them): 6 x (non-embedding params) x tokens + 12 x layers x hidden x T per token for attention, plus the
@@ -266,7 +266,7 @@ def check_mfu(models: dict[str, str], results: dict) -> None:
     cfg = train_cfg(models["gpt2-medium"], "bf16", max_length=512, groups_per_batch=8)
     device = torch.device("cuda")
     model, tok = build_model(cfg, device, "bf16", Comm(device))
-    collate = Collator(tok, cfg.train.max_length, None, None, 0)
+    collate = Collator(tok, cfg.train.max_length, None, None, 0, cfg.train.shared_prompt)
     batch = collate(sample_groups(8, long_posts=True), 0).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     lm_cfg = model.lm.config
@@ -275,7 +275,7 @@ def check_mfu(models: dict[str, str], results: dict) -> None:
     n_emb = vocab * hidden + lm_cfg.n_positions * hidden
     seq = batch.input_ids.shape[1]
     tokens = batch.input_ids.numel()  # padded positions are computed too; count what the GPU runs
-    lm_tokens = batch.lm_rows.numel() * seq
+    lm_tokens = batch.ce_index.numel()  # the vocabulary projection runs at L_ce's positions only
     flops = (6 * (n_all - n_emb) * tokens + 12 * n_layer * hidden * seq * tokens + 6 * vocab * hidden * lm_tokens)
 
     def step():
@@ -306,7 +306,7 @@ def check_mfu(models: dict[str, str], results: dict) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", help="also write the JSON here")
-    ap.add_argument("--skip", default="", help="comma-separated checks to skip: train,evaluate,baselines,vllm,mfu")
+    ap.add_argument("--skip", default="", help="comma-separated checks to skip: train,evaluate,baselines,vllm,shared_prompt,mfu")
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: dry-run this script (gloo)")
     ap.add_argument("--small", action="store_true", help="smaller 'small' model (dry runs on CPU)")
     args = ap.parse_args()
@@ -354,6 +354,7 @@ def main() -> int:
                   ("evaluate", lambda: check_evaluate(models, results)),
                   ("baselines", lambda: check_baselines(work, models, results)),
                   ("vllm", lambda: check_vllm(models, results)),
+                  ("shared_prompt", lambda: check_shared_prompt(models, results)),
                   ("mfu", lambda: check_mfu(models, results)))
         for name, fn in checks:
             if name in skip:

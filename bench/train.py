@@ -9,7 +9,12 @@
    Reporting to Ray Train every step costs a controller round trip; the default (every 10) is measured.
 2. wall time of ``--stage augment+train`` (augmentation streamed into the trainer) vs. ``--stage augment``
    then ``--stage train`` (staged), same rows, same config, one Ray cluster. Goal: streamed <= 0.75x staged.
-3. memory per rank in a 2-worker rehearsal of a paper preset (``--memory-config``, default Llama-2-7B's):
+3. the shared-prompt encoding (``train.shared_prompt``): groups of the paper's GPT-2 sizes (reference + 3
+   backtranslations + 10 negatives, ~400-token prompts, ~30-token summaries) on a random GPT-2
+   (``--shared-model-size``, default 4 layers x 256), one row per group vs one row per candidate: tokens
+   encoded per step, forward+backward step time, and their ratios (``prompt_tokens_saved_ratio`` = 1 -
+   shared / per-candidate tokens).
+4. memory per rank in a 2-worker rehearsal of a paper preset (``--memory-config``, default Llama-2-7B's):
    each rank's parameter shards and AdamW state against the full parameters (FSDP2: about 1/2 each), and
    its peak RSS (on tiny models this is mostly the Python/torch runtime, so the shard ratios are the
    measurement; on GPUs ``bench/gpu_check.py`` reports the CUDA allocator's peak).
@@ -81,6 +86,54 @@ def plain_loop(cfg, augmented: Path) -> float:
     return tokens / seconds
 
 
+def shared_prompt_step(size: str, groups_per_batch: int, repeat: int) -> dict:
+    """Tokens per step and step time (forward + backward, median of ``repeat``) of one batch of paper-size
+    groups, encoded one row per candidate and one row per group (prompt once)."""
+    import statistics
+
+    import torch
+    from groups import paper_groups, random_gpt2
+
+    from raydebias.config import load_config
+    from raydebias.models import load_model
+    from raydebias.train.batching import Collator
+    from raydebias.train.loop import step_losses
+    from raydebias.train.model import ContrastiveLM
+
+    torch.set_num_threads(1)
+    n_embd, n_layer, n_head = (int(x) for x in size.split("x"))
+    path = random_gpt2(Path(tempfile.mkdtemp(prefix="bench-gpt2-")), n_embd, n_layer, n_head)
+    cfg = load_config(None, [f"train.model={path}", "train.max_length=512"])  # the GPT-2 preset's max length
+    lm, tok = load_model(path, "causal_lm", dtype=torch.float32)
+    torch.manual_seed(0)
+    model = ContrastiveLM(lm, cfg.train.proj_dim).train()
+    groups = paper_groups(groups_per_batch, tok)
+    out: dict = {"model": f"GPT2 {n_layer}x{n_embd}", "groups_per_batch": groups_per_batch}
+    losses = {}
+    for name, shared in (("per_candidate", False), ("shared_prompt", True)):
+        batch = Collator(tok, cfg.train.max_length, seed=cfg.seed, shared_prompt=shared)(groups, 0)
+        times = []
+        for _ in range(repeat + 1):  # the first is a warm-up
+            model.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            res = step_losses(model, batch, cfg)
+            res["loss"].backward()
+            times.append(time.perf_counter() - t0)
+        model.eval()  # the same computation in both layouts: compare without dropout's random masks
+        with torch.no_grad():
+            losses[name] = step_losses(model, batch, cfg)["loss"].item()
+        model.train()
+        out[name] = {"rows": batch.input_ids.shape[0], "candidates": batch.group.numel(), "tokens": batch.n_tokens,
+                     "padded_tokens": batch.input_ids.numel(), "step_s": round(statistics.median(times[1:]), 3)}
+        emit(what="shared_prompt_step", layout=name, **out[name])
+    per, shared = out["per_candidate"], out["shared_prompt"]
+    out["prompt_tokens_saved_ratio"] = round(1 - shared["tokens"] / per["tokens"], 3)
+    out["step_speedup"] = round(per["step_s"] / shared["step_s"], 2)
+    out["loss_abs_diff"] = abs(losses["per_candidate"] - losses["shared_prompt"])
+    shutil.rmtree(path, ignore_errors=True)
+    return out
+
+
 def ray_tokens_per_s(out) -> float:
     hist = [json.loads(x) for x in (out.train_dir / "history.jsonl").read_text().splitlines()]
     epochs = [h for h in hist if h.get("epoch_done") and h["epoch"] >= 1]
@@ -123,11 +176,20 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=2, help="pairs of streamed/staged runs (order alternates); 0: tokens/s only")
     ap.add_argument("--config", default=str(REPO / "jobs/configs/smoke.yaml"))
+    ap.add_argument("--shared-model-size", default="256x4x4",
+                    help="n_embd x n_layer x n_head of the random GPT-2 of the shared-prompt measurement")
+    ap.add_argument("--shared-groups", type=int, default=4, help="groups per batch of the shared-prompt measurement")
+    ap.add_argument("--only", choices=["shared_prompt"], help="run only this measurement")
     ap.add_argument("--memory-config", default=str(REPO / "jobs/configs/paper-llama2-7b.yaml"),
                     help="preset whose 2-worker rehearsal is measured for memory per rank ('' to skip)")
     args = ap.parse_args()
     if args.epochs < 2:
         ap.error("--epochs must be >= 2 (epoch 0 is start-up and not counted)")
+
+    shared = shared_prompt_step(args.shared_model_size, args.shared_groups, repeat=3)
+    if args.only == "shared_prompt":
+        emit(prompt_tokens_saved_ratio=shared["prompt_tokens_saved_ratio"], shared_prompt=shared)
+        return
 
     from raydebias.augment.pipeline import run_augment_stage
     from raydebias.config import load_config
@@ -181,6 +243,7 @@ def main() -> None:
              ratio_ray_over_plain=round(ray_tps / plain_tps, 3),
              streamed_s=[round(x, 2) for x in times["streamed"]], staged_s=[round(x, 2) for x in times["staged"]],
              ratio_streamed_over_staged=round(streamed / staged, 3) if times["staged"] else None,
+             prompt_tokens_saved_ratio=shared["prompt_tokens_saved_ratio"], shared_prompt=shared,
              param_share_per_rank=[m["param_share"] for m in memory],
              state_share_per_rank=[m["state_share"] for m in memory])
     finally:

@@ -249,9 +249,15 @@ class ToxicityConfig:
 @dataclass
 class NerConfig:
     model: str = _f("en_core_web_trf", "spaCy pipeline for named entities (Section 4.2).")
+    pipe_batch_size: int = _f(64, "Texts per nlp.pipe batch inside one NER actor call.")
     resources: OpResources = _f(
-        OpResources(num_gpus=0.0, num_cpus=2.0),
-        "Actor pool resources of each NER stage (spaCy runs on CPU here: GPU spaCy needs spacy[cuda]).")
+        OpResources(num_gpus=0.25, num_cpus=2.0),
+        "Actor pool resources of each NER stage. The GPU fraction is used only when device resolves to gpu AND "
+        "the pipeline is a transformer pipeline (en_core_web_trf; GPU spaCy needs spacy[cuda12x] on those "
+        "nodes); CPU pipelines (en_core_web_sm/md/lg, tiny:spacy-ner) never take one.")
+
+    def __post_init__(self) -> None:
+        _check(self.pipe_batch_size >= 1, "augment.ner.pipe_batch_size", "must be >= 1", self.pipe_batch_size)
 
 
 @dataclass
@@ -306,6 +312,10 @@ class TrainConfig:
         False, "Recompute each transformer block's activations in the backward pass (memory for compute; "
         "the 7B preset needs it at max_length 340 x whole groups).")
     groups_per_batch: int = _f(4, "Source rows (groups) per worker batch; a batch holds whole groups.")
+    shared_prompt: bool = _f(
+        True, "Encode each group's prompt once: one row per group (prompt, then every candidate) under a tree "
+        "attention mask, instead of one row per candidate; the same losses and gradients, ~8x fewer tokens "
+        "at the paper's group sizes. Needs sdpa or eager attention (not flash-attention).")
     proj_dim: int = _f(128, "Output size of the projection head (eq. 3-4; not given in the paper).")
     num_workers: int = _f(1, "Ray Train workers (FSDP2 shards).")
     cpus_per_worker: float = _f(1.0, "CPUs per train worker (budget below the cluster total: ENV.md HANG 2).")

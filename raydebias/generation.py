@@ -90,9 +90,11 @@ class Generation:
     """One generated continuation (the prompt is never part of it).
 
     ``token_ids``: the continuation's tokens up to, not including, the first end-of-sequence token;
-    ``text`` is their decoding (special tokens skipped), cut before the first ``GenParams.stop`` string. ``score``: the beam's sequence score (HF
-    ``sequences_scores``: sum of token log-probs / generated_length ** length_penalty) under beam
-    search, else None. ``token_logprobs``: log-probability of each token in ``token_ids`` under the
+    ``text`` is their decoding (special tokens skipped), cut before the first ``GenParams.stop`` string.
+    ``score``: the beam's sequence score (HF ``sequences_scores``: sum of token log-probs /
+    generated_length ** length_penalty) under beam search, else None; ``HFGenerator`` computes it from
+    one teacher-forced pass when beam search ran on the model's own log-probs (no logits processor),
+    else takes HF's. ``token_logprobs``: log-probability of each token in ``token_ids`` under the
     distribution it was chosen from (after repetition penalty / temperature / top-p), when
     ``output_scores``.
     """
@@ -137,6 +139,10 @@ def _cut_at_eos(ids: list[int], eos: set[int]) -> int:
         if t in eos:
             return i
     return len(ids)
+
+
+def _neutral(value: Any, neutral: Any) -> bool:
+    return value is None or value == neutral or (neutral == 0 and not value)
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
@@ -249,6 +255,10 @@ class HFGenerator:
         enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True,
                              truncation=limit is not None, max_length=limit).to(self.device)
         beam = params.num_beams > 1
+        # Beam scores (eq. 1-2) and token log-probs from one teacher-forced pass over the returned beams
+        # instead of HF's per-step full-vocabulary scores (steps x beams x vocab floats: GBs at the paper's
+        # 8 beams x 128 tokens), whenever beam search's log-probs are the model's own (no logits processor).
+        rescore = beam and self._beam_logprobs_are_the_models(params)
         kwargs: dict[str, Any] = {
             "max_new_tokens": max_new,
             "do_sample": params.do_sample,
@@ -257,8 +267,8 @@ class HFGenerator:
             "repetition_penalty": params.repetition_penalty,
             "pad_token_id": self.tokenizer.pad_token_id,
             "return_dict_in_generate": True,
-            # sequences_scores (eq. 1) only exist with output_scores, so beam search always asks.
-            "output_scores": params.output_scores or beam,
+            # HF returns sequences_scores only with output_scores: asked for when they cannot be rescored.
+            "output_scores": (params.output_scores or beam) and not rescore,
         }
         if params.do_sample:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
@@ -283,13 +293,18 @@ class HFGenerator:
             out = self.model.generate(**enc, **kwargs)
         prompt_len = enc["input_ids"].shape[1]
         continuations = out.sequences[:, prompt_len:].tolist()  # (B * n, T): prompt removed by position
-        logprobs = None
-        if params.output_scores:
-            logprobs = self.model.compute_transition_scores(
-                out.sequences, out.scores, getattr(out, "beam_indices", None) if beam else None,
-                normalize_logits=True,
-            ).float().cpu().tolist()
-        scores = out.sequences_scores.float().cpu().tolist() if beam else None
+        logprobs = scores = None
+        if rescore:
+            lp, lengths = self.sequence_logprobs(enc["attention_mask"], out.sequences, params.num_return_sequences)
+            scores = (lp.sum(-1) / lengths.double() ** params.length_penalty).tolist()
+            logprobs = lp.tolist() if params.output_scores else None
+        else:
+            if params.output_scores:
+                logprobs = self.model.compute_transition_scores(
+                    out.sequences, out.scores, getattr(out, "beam_indices", None) if beam else None,
+                    normalize_logits=True,
+                ).float().cpu().tolist()
+            scores = out.sequences_scores.float().cpu().tolist() if beam else None
         n = params.num_return_sequences
         results: list[list[Generation]] = []
         for p in range(len(prompts)):
@@ -304,6 +319,56 @@ class HFGenerator:
                 ))
             results.append(row)
         return results
+
+
+    # Generation-config fields that make HF add a logits processor to beam search (transformers'
+    # GenerationMixin._get_logits_processor), with the value that adds none.
+    _NO_PROCESSOR = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+                     "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "min_length": 0, "min_new_tokens": None,
+                     "forced_bos_token_id": None, "forced_eos_token_id": None, "suppress_tokens": None,
+                     "begin_suppress_tokens": None, "exponential_decay_length_penalty": None, "sequence_bias": None,
+                     "diversity_penalty": 0.0, "guidance_scale": None, "watermarking_config": None}
+
+    def _beam_logprobs_are_the_models(self, params: GenParams) -> bool:
+        """Whether beam search ranks by the model's own log-softmax (no processor changes it), so that a
+        teacher-forced pass reproduces its scores. Else the caller asks HF for its per-step scores."""
+        if params.do_sample or params.repetition_penalty != 1.0 or self.intervention is not None:
+            return False
+        gc = self.model.generation_config  # repetition_penalty: ours (a generate() argument) overrides it
+        return all(_neutral(getattr(gc, k, None), neutral) for k, neutral in self._NO_PROCESSOR.items()
+                   if k != "repetition_penalty")
+
+    def sequence_logprobs(self, prompt_mask: Any, sequences: Any, n: int,
+                          max_logits_bytes: int = 256 * 2**20) -> tuple[Any, Any]:
+        """Log-probability of every generated token of ``sequences`` (``generate``'s output: left-padded
+        prompts, each repeated ``n`` times, then the continuations), from one teacher-forced forward per
+        chunk of rows, fp32 log-softmax as beam search takes it. Returns ((R, L) float64 log-probs, 0 after
+        a row's end; (R,) generated lengths, the end-of-sequence token included: HF's beam-score length).
+        The chunks keep at most ``max_logits_bytes`` of logits alive."""
+        import torch
+
+        p = prompt_mask.shape[1]
+        gen = sequences[:, p:]
+        r, length = gen.shape
+        is_eos = torch.zeros_like(gen, dtype=torch.bool)
+        for e in self.eos:
+            is_eos |= gen == e
+        first = torch.where(is_eos.any(-1), is_eos.int().argmax(-1), torch.full((r,), length - 1, device=gen.device))
+        lengths = first + 1
+        gen_mask = torch.arange(length, device=gen.device)[None, :] < lengths[:, None]
+        mask = torch.cat([prompt_mask.repeat_interleave(n, dim=0), gen_mask.long()], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        rows = max(1, max_logits_bytes // (4 * (length + 1) * vocab))
+        out = torch.zeros((r, length), dtype=torch.float64)
+        with torch.no_grad():
+            for a in range(0, r, rows):
+                b = min(r, a + rows)
+                logits = self.model(input_ids=sequences[a:b], attention_mask=mask[a:b], position_ids=positions[a:b],
+                                    logits_to_keep=length + 1).logits[:, :-1]  # (c, L, V): predict token t of gen
+                lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, gen[a:b, :, None])[..., 0]
+                out[a:b] = (lp * gen_mask[a:b]).double().cpu()
+        return out, lengths.cpu()
 
 
 class VLLMGenerator:

@@ -42,6 +42,19 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture
+def process_group():
+    """A 1-rank gloo process group in this process (FSDP2 and the loop's collectives without Ray)."""
+    import torch.distributed as dist
+    from support import free_port
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ["MASTER_PORT"] = str(free_port())
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
 class S3:
     """A local S3 endpoint (moto's server, in this process) and the environment that points a job at it:
     pyarrow's S3 filesystem reads the endpoint and the (dummy) credentials from AWS_* variables, as it

@@ -102,3 +102,21 @@ def augmented_groups(n: int = 6, positives: int = 2, negatives: int = 2) -> list
         out.append({"id": f"r{i}", "post": f"My roommate owes me ${40 + i} and keeps making excuses about the rent.",
                     "summary": ref, "subreddit": "relationships", "title": "rent", "positives": pos, "negatives": neg})
     return out
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` DISTINCT TCP ports free on 127.0.0.1 right now (the sockets are held until all are picked: ports
+    picked one at a time can repeat, and two Ray components on one port fail ``ray start``)."""
+    import contextlib
+    import socket
+
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    return free_ports(1)[0]

@@ -4,6 +4,7 @@ Rows are three shipped sample records; candidates are hand-made. The failure tes
 model at its true boundary (`scorer.score` / `tagger.tag`) so one chosen text fails.
 """
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -72,7 +73,9 @@ def test_stage_names_are_the_registry_keys():
     # both NER passes use augment.ner (one model setting, one resources default)
     assert AnnotateEntities.section == AnnotateCandidates.section == "ner"
     c = cfg()
-    assert AnnotateEntities.resources(c) is AnnotateCandidates.resources(c) is c.ner.resources
+    # a CPU pipeline (the tiny kit's, en_core_web_sm) never takes the GPU fraction (test_ner_device.py)
+    assert AnnotateEntities.resources(c) == AnnotateCandidates.resources(c) == dataclasses.replace(
+        c.ner.resources, num_gpus=0.0)
     assert ScoreToxicity.resources(c) is c.toxicity.resources
 
 

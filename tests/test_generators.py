@@ -21,7 +21,6 @@ from raydebias.generation import (
     derive_seed,
     make_generator,
 )
-from raydebias.models import load_model
 
 torch.set_num_threads(1)
 
@@ -77,25 +76,79 @@ def test_greedy_logprobs_equal_a_forward_pass(gpt2):
     assert steps.argmax(-1).tolist() == g.token_ids  # greedy really took the argmax each step
 
 
-def test_beam_scores_equal_hf_sequences_scores(gpt2):
-    params = GenParams(max_new_tokens=10, num_beams=4, num_return_sequences=4, length_penalty=2.0)
-    out = gpt2.generate(PROMPTS, params)
+@pytest.fixture(scope="module")
+def gpt2_early_eos():
+    """tiny:gpt2 whose end-of-sequence token is one it emits often, so beams end at different lengths (a random
+    model otherwise never stops, and every beam has the full length)."""
+    g = HFGenerator("tiny:gpt2", "cpu")
+    out = g.generate(PROMPTS, GenParams(max_new_tokens=10, num_beams=4, num_return_sequences=4))
+    counts = torch.bincount(torch.tensor([t for row in out for b in row for t in b.token_ids[2:]]))
+    eos = int(counts.argmax())
+    g.model.generation_config.eos_token_id = eos
+    g.eos = {eos}
+    return g
+
+
+@pytest.mark.parametrize("which", ["gpt2", "gpt2_early_eos"])
+@pytest.mark.parametrize("length_penalty", [2.0, 0.5])
+def test_beam_scores_equal_hf_sequences_scores(which, length_penalty, request):
+    """The beam scores and token log-probs (rescored from one teacher-forced pass, issue #16) equal HF's own
+    ``sequences_scores`` and ``compute_transition_scores`` from its per-step scores, beams of unequal lengths
+    included; and HF is not asked to keep per-step scores."""
+    gen = request.getfixturevalue(which)
+    params = GenParams(max_new_tokens=10, num_beams=4, num_return_sequences=4, length_penalty=length_penalty,
+                       output_scores=True)
+    asked = {}
+    real = gen.model.generate
+
+    def spy(**kw):
+        asked.update(kw)
+        return real(**kw)
+
+    gen.model.generate = spy
+    try:
+        out = gen.generate(PROMPTS, params)
+    finally:
+        del gen.model.generate
+    assert asked["output_scores"] is False
     assert [len(row) for row in out] == [4, 4]
-    model, tok = load_model("tiny:gpt2", "causal_lm")
-    tok.padding_side = "left"
-    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    model, tok = gen.model, gen.tokenizer
+    eos = model.generation_config.eos_token_id
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)  # the generator's tokenizer pads left
     with torch.no_grad():
-        ref = model.generate(**enc, max_new_tokens=10, num_beams=4, num_return_sequences=4, length_penalty=2.0,
-                             do_sample=False, output_scores=True, return_dict_in_generate=True)
+        ref = model.generate(**enc, max_new_tokens=10, num_beams=4, num_return_sequences=4,
+                             length_penalty=length_penalty, do_sample=False, output_scores=True,
+                             return_dict_in_generate=True, pad_token_id=tok.pad_token_id)
     expected = ref.sequences_scores.view(2, 4)
     got = torch.tensor([[g.score for g in row] for row in out])
-    assert torch.allclose(got, expected, atol=1e-5)
-    gen = ref.sequences[:, enc["input_ids"].shape[1]:].view(2, 4, -1)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
+    steps = model.compute_transition_scores(ref.sequences, ref.scores, ref.beam_indices, normalize_logits=True)
+    gen_ids = ref.sequences[:, enc["input_ids"].shape[1]:].view(2, 4, -1)
+    lengths = set()
     for p, row in enumerate(out):
         assert [g.score for g in row] == sorted((g.score for g in row), reverse=True)  # model order: best first
         for b, g in enumerate(row):
-            ids = gen[p, b].tolist()
-            assert g.token_ids == (ids[: ids.index(tok.eos_token_id)] if tok.eos_token_id in ids else ids)
+            ids = gen_ids[p, b].tolist()
+            assert g.token_ids == (ids[: ids.index(eos)] if eos in ids else ids)
+            lengths.add(len(g.token_ids))
+            assert torch.allclose(torch.tensor(g.token_logprobs, dtype=torch.float32),
+                                  steps[p * 4 + b, : len(g.token_ids)], atol=1e-4)
+    if which == "gpt2_early_eos" and length_penalty < 1:  # (2.0 favours the longest beams: all run to the end)
+        assert len(lengths) > 1, lengths  # the checks above covered beams that ended early
+
+
+def test_beam_scores_come_from_hf_when_a_processor_changes_them(gpt2):
+    """With a repetition penalty, beam search ranks by processed log-probs, which a teacher-forced pass does
+    not reproduce: HF keeps its per-step scores then, and its sequences_scores are returned."""
+    params = GenParams(max_new_tokens=8, num_beams=3, num_return_sequences=3, repetition_penalty=1.3)
+    assert not gpt2._beam_logprobs_are_the_models(params)
+    out = gpt2.generate(PROMPTS[:1], params)
+    enc = gpt2.tokenizer(PROMPTS[:1], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        ref = gpt2.model.generate(**enc, max_new_tokens=8, num_beams=3, num_return_sequences=3,
+                                  repetition_penalty=1.3, output_scores=True, return_dict_in_generate=True,
+                                  pad_token_id=gpt2.tokenizer.pad_token_id)
+    assert torch.allclose(torch.tensor([g.score for g in out[0]]), ref.sequences_scores, atol=1e-6)
 
 
 def test_seed_makes_sampling_reproducible(neo):

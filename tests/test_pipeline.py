@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from support import kill_tree
+from support import free_ports, kill_tree
 
 from raydebias import schema as S
 
@@ -113,12 +112,6 @@ def test_help_config_lists_every_key():
 # --- ray job submit against a `ray start --head` cluster started (and stopped) by the test ----------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def ray_head(tmp_path, s3):
     # The cluster's processes (and so the jobs it runs) see the S3 endpoint and credentials in their
@@ -128,9 +121,9 @@ def ray_head(tmp_path, s3):
     env = _env(RAY_AUTH_MODE="token")
     # Every listener on its own free port: fixed defaults (e.g. the dashboard agent's 52365) collide
     # with any other Ray instance on the machine, such as this session's in-process cluster.
-    ports = {flag: _free_port() for flag in (
-        "port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-        "runtime-env-agent-port", "node-manager-port", "object-manager-port", "ray-client-server-port")}
+    flags = ("port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+             "runtime-env-agent-port", "node-manager-port", "object-manager-port", "ray-client-server-port")
+    ports = dict(zip(flags, free_ports(len(flags)), strict=True))
     dash = ports["dashboard-port"]
     log = open(tmp_path / "ray-start.log", "w")
     proc = subprocess.Popen(

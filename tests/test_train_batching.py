@@ -64,19 +64,19 @@ def test_entity_token_mask_marks_exactly_the_tokens_of_each_entity(name):
     assert mask[0] == 1 and mask[-1] == 0  # " Alice" (its span starts at the space, -1) ... "May"
 
 
+@pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("name", CAUSAL)
-def test_pool_mask_uses_entity_tokens_and_falls_back_to_the_whole_summary(name):
+def test_pool_mask_uses_entity_tokens_and_falls_back_to_the_whole_summary(name, shared):
     row = sample_rows(1)[0]
     g = group(row)
-    c = Collator(tok(name), max_length=512)
+    c = Collator(tok(name), max_length=512, shared_prompt=shared)
     b = c([g], epoch=0)
     ref_ents = g["positives"][0]["entities"]
     assert ref_ents, "the sample summary should contain entities"
     ref = 0  # the reference is the first candidate
-    prompt_tokens = b.attention_mask[ref].sum() - (b.labels[0] != -100).sum()
     pooled = b.pool_mask[ref].nonzero().flatten()
-    assert pooled.min() >= prompt_tokens  # never a prompt token
-    text = tok(name).decode(b.input_ids[ref, pooled])
+    assert pooled.min() >= n_prompt_tokens(b)  # never a prompt token
+    text = tok(name).decode(b.input_ids[b.pool_row[ref], pooled])
     for e in ref_ents:
         assert e["text"].split()[0] in text
     # a backtranslation without entities pools every summary token (labels are only on the reference);
@@ -85,7 +85,10 @@ def test_pool_mask_uses_entity_tokens_and_falls_back_to_the_whole_summary(name):
     prompt = c.prompt(row)
     n_bt_summary = len(encode_continuation(tok(name), prompt, g["positives"][1]["text"])[0])
     assert int(b.pool_mask[bt].sum()) == n_bt_summary
-    assert int(b.attention_mask[bt].sum()) == len(prompt.ids) + n_bt_summary + 1
+    if shared:  # its tokens in the group's row: a segment of its own, without eos
+        assert int((b.segment[0] == 2).sum()) == n_bt_summary and b.pool_row.tolist() == [0] * 7
+    else:
+        assert int(b.attention_mask[bt].sum()) == len(prompt.ids) + n_bt_summary + 1
 
 
 @pytest.mark.parametrize("name", CAUSAL)
@@ -104,8 +107,9 @@ def test_labels_cover_reference_summary_and_eos_only(name):
     assert n_prompt_tokens(b) == len(prompt.ids)
 
 
+@pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("name", CAUSAL)
-def test_long_prompts_are_cut_in_the_middle_never_the_summary(name):
+def test_long_prompts_are_cut_in_the_middle_never_the_summary(name, shared):
     t = tok(name)
     row = sample_rows(1)[0]
     row = {**row, "post": row["post"] * 20}
@@ -113,13 +117,13 @@ def test_long_prompts_are_cut_in_the_middle_never_the_summary(name):
     prompt = c.prompt(row)
     n_summary = len(encode_continuation(t, prompt, row["summary"])[0])
     max_length = 2 * n_summary + 24  # the summary fits in its half; the 20x post does not fit at all
-    c = Collator(t, max_length=max_length)
+    c = Collator(t, max_length=max_length, shared_prompt=shared)
     b = c([group(row)], epoch=0)
-    assert b.input_ids.shape[1] <= max_length
+    # no candidate sees more than max_length positions (a shared row holds several candidates)
+    assert (b.input_ids.shape[1] if not shared else int(b.position_ids.max()) + 1) <= max_length
     lab = b.labels[0][b.labels[0] != -100]
     assert t.decode(lab[:-1]).strip() == row["summary"].strip()  # the whole summary is kept
-    first = int(b.attention_mask[0].sum())
-    cut = b.input_ids[0, : first - len(lab)].tolist()
+    cut = b.input_ids[0, : n_prompt_tokens(b)].tolist()
     assert len(cut) < len(prompt.ids)
     # special tokens (Llama's <s>) stay first, the "TL;DR:" cue's tokens stay last
     assert cut[: prompt.n_special] == prompt.ids[: prompt.n_special]
@@ -139,14 +143,16 @@ def test_fit_keeps_special_tokens_first_and_the_cue_last():
     assert c.fit(prompt, n_summary=5) == [1, 10, 11, 12, 13]  # nothing to keep: the head only
 
 
-def test_batch_of_whole_groups_with_flags():
+@pytest.mark.parametrize("shared", [True, False])
+def test_batch_of_whole_groups_with_flags(shared):
     rows = sample_rows(3)
     gs = [group(rows[0]), group(rows[1], n_neg=0), {**group(rows[2], n_bt=0)}]
-    b = Collator(tok(), max_length=512)(gs, epoch=0)
+    b = Collator(tok(), max_length=512, shared_prompt=shared)(gs, epoch=0)
     assert b.group.tolist() == [0] * 7 + [1] * 3 + [2]  # the 3rd group has one positive: reference only
     assert b.positive.tolist() == [True] * 3 + [False] * 4 + [True] * 3 + [True]
     assert b.group_toxic.tolist() == [True, False, False]
-    assert b.lm_rows.tolist() == [0, 7, 10]
+    assert b.lm_rows.tolist() == ([0, 1, 2] if shared else [0, 7, 10])
+    assert b.pool_row.tolist() == (b.group.tolist() if shared else list(range(11)))
     assert b.ids == [r["id"] for r in rows]
 
 
@@ -169,19 +175,24 @@ def test_filler_batch_is_valid():
     assert b.positive.sum() == 2 and b.lm_rows.numel() == 1
 
 
+@pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("name", ["tiny:gpt2", "tiny:gpt-neo", "tiny:phi", "tiny:llama"])
-def test_model_forward_shapes_and_blocks(name):
+def test_model_forward_shapes_and_blocks(name, shared):
     from raydebias.models import load_model
     from raydebias.train.model import ContrastiveLM, transformer_blocks
 
     lm, t = load_model(name, "causal_lm", dtype=torch.float32)
     assert len(transformer_blocks(lm)) == lm.config.num_hidden_layers
     m = ContrastiveLM(lm, proj_dim=16)
-    b = Collator(t, max_length=128)([group(r) for r in sample_rows(2)], epoch=0)
-    reps, logits = m(b.input_ids, b.attention_mask, b.pool_mask, b.lm_rows)
-    assert reps.shape == (b.input_ids.shape[0], 16)
-    assert torch.allclose(reps.norm(dim=-1), torch.ones(reps.shape[0]), atol=1e-5)
-    assert logits.shape == (2, b.input_ids.shape[1], lm.config.vocab_size)
+    b = Collator(t, max_length=128, shared_prompt=shared)([group(r) for r in sample_rows(2)], epoch=0)
+    reps, logits = m(**b.model_inputs())
+    n = b.group.numel()  # 2 groups of 1 reference + 2 backtranslations + 4 negatives
+    assert n == 14 and b.input_ids.shape[0] == (2 if shared else n)
+    assert reps.shape == (n, 16)
+    assert torch.allclose(reps.norm(dim=-1), torch.ones(n), atol=1e-5)
+    # logits only where L_ce reads them: one per reference summary token + eos
+    assert logits.shape == (b.ce_target.numel(), lm.config.vocab_size)
+    assert b.ce_target.numel() == int((b.labels != -100).sum())
 
 
 def test_pool_is_the_normalised_masked_mean():

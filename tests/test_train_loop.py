@@ -5,7 +5,6 @@ and per-rank memory of a 2-rank run (about 1/2 of the parameters and optimizer s
 
 import json
 import os
-import socket
 import sys
 
 import pytest
@@ -13,6 +12,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 from support import augmented_groups as groups
+from support import free_port
 
 from raydebias.config import load_config
 from raydebias.models import load_model
@@ -83,24 +83,8 @@ def test_the_loop_calls_no_collective_itself(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def group():
-    """A 1-rank gloo process group in this process."""
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ["MASTER_PORT"] = str(_free_port())
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("model", ["tiny:gpt2", "tiny:phi", "tiny:llama"])
-def test_meta_build_holds_the_pretrained_weights_and_buffers(group, model):
+def test_meta_build_holds_the_pretrained_weights_and_buffers(process_group, model):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     cfg = cfg_for(model=model)
@@ -192,7 +176,7 @@ def _two_rank_worker(rank: int, port: int, root: str) -> None:
 def test_two_ranks_hold_half_the_state_each_and_resume_on_one(tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(_two_rank_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_two_rank_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     (ckpt,) = sorted((tmp_path / "ckpt").iterdir())
     assert {"__0_0.distcp", "__1_0.distcp", ".metadata"} <= {p.name for p in ckpt.iterdir()}
     meta = json.loads((ckpt / "meta.json").read_text())
@@ -209,7 +193,7 @@ def test_two_ranks_hold_half_the_state_each_and_resume_on_one(tmp_path):
     assert [r["epoch"] for r in epochs] == [1] and epochs[0]["step"] == meta["step"] + 3
 
 
-def test_loss_sums_report_means_per_batch_and_accuracy_per_pair(group):
+def test_loss_sums_report_means_per_batch_and_accuracy_per_pair(process_group):
     from raydebias.train.loop import LossSums
     from raydebias.train.loss import LossOutput
 
@@ -226,7 +210,7 @@ def test_loss_sums_report_means_per_batch_and_accuracy_per_pair(group):
     assert empty["loss"] == 0.0 and empty["contrastive_accuracy"] != empty["contrastive_accuracy"]
 
 
-def test_local_resume_takes_the_checkpoint_written_last_when_two_share_a_step(tmp_path, group):
+def test_local_resume_takes_the_checkpoint_written_last_when_two_share_a_step(tmp_path, process_group):
     """An epoch-end checkpoint can share its step with the mid-epoch one written just before it; the newer
     one must win whatever the random suffix of its name (else the resume re-runs an empty epoch)."""
     from raydebias.train.checkpoint import STATE_META

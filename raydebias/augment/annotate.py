@@ -7,6 +7,11 @@ and ``ScoreToxicity`` (``toxicity``) run after cleaning, on the stored texts. Al
 null, so a second pass costs nothing and a score an op computed itself (toxic_rewrite keeps a rewrite
 iff toxicity >= 0.4) is kept.
 
+Where NER runs: with ``device=gpu`` a transformer pipeline (en_core_web_trf) runs on its actor's GPU
+share; a CPU pipeline (en_core_web_sm/md/lg, ``tiny:spacy-ner``) stays on CPU, and ``resources`` drops
+its GPU fraction so its pool never asks Ray for one (augment/pipeline.py builds a pool with a GPU only
+when ``num_gpus > 0``). Texts go through ``nlp.pipe`` in ``augment.ner.pipe_batch_size`` batches.
+
 Shaped like every stage (augment/stage.py): the model is loaded once in ``__init__``; ``process_batch``
 takes a ``pa.Table`` and returns a new one with the same rows in the same order, every other column
 untouched. No Ray here: augment/pipeline.py maps these over the dataset.
@@ -19,6 +24,7 @@ A post or summary that fails gets ``[]`` and an error drop of the stage itself.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import numbers
@@ -41,9 +47,9 @@ from raydebias.augment.candidates import (
     set_column,
 )
 from raydebias.augment.stage import AugmentStage
-from raydebias.config import NerConfig, ToxicityConfig
+from raydebias.config import AugmentConfig, NerConfig, OpResources, ToxicityConfig
 from raydebias.faults import Failed, isolated
-from raydebias.scoring.ner import EntityTagger
+from raydebias.scoring.ner import EntityTagger, is_transformer_pipeline
 from raydebias.scoring.toxicity import load_toxicity_scorer
 
 __all__ = ["AnnotateCandidates", "AnnotateEntities", "ScoreToxicity"]
@@ -81,9 +87,18 @@ class AnnotateEntities(AugmentStage):
     writes = ("post_entities", "summary_entities", "candidates.entities", "drops")
 
     def __init__(self, cfg: NerConfig, device: str = "cpu", seed: int = 0):
-        # spaCy runs on CPU here (the NER pool asks for no GPU); device and seed are accepted so every
-        # stage is built the same way, and NER is deterministic.
-        self.tagger = EntityTagger(cfg.model)
+        # A transformer pipeline moves to `device` when it is cuda; a CPU pipeline stays on CPU (its pool
+        # asked for no GPU: resources below). seed is accepted so every stage is built the same way.
+        self.tagger = EntityTagger(cfg.model, batch_size=cfg.pipe_batch_size, device=device)
+
+    @classmethod
+    def resources(cls, cfg: AugmentConfig) -> OpResources | None:
+        """``augment.ner.resources``, without its GPU fraction unless the pipeline is a transformer one:
+        a CPU pipeline gains little from a GPU, so its pool never holds one (scoring/ner.py)."""
+        res = super().resources(cfg)
+        if res is not None and res.num_gpus > 0 and not is_transformer_pipeline(getattr(cfg, cls.section).model):
+            return dataclasses.replace(res, num_gpus=0.0)
+        return res
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
         batch = ensure_columns(batch)

@@ -6,8 +6,10 @@ sequence score is kept (eq. 1: s = argmin_s BeamScore(s)).
 
 BeamScore (eq. 2) is what beam search itself ranks by. The paper writes it as log P(s) + λ·length(s);
 the implementation the paper's numbers come from is Hugging Face's, whose ``sequences_scores`` are
-log P(s) / length(s)^λ (length = generated tokens). We use HF's score as is, so eq. 1 ranks exactly
-the beams the search kept. This is also why vLLM is not offered here (see generators.VLLMGenerator).
+log P(s) / length(s)^λ (length = generated tokens). We use HF's score, so eq. 1 ranks exactly the
+beams the search kept; ``HFGenerator`` recomputes it from one teacher-forced pass over the returned
+beams (equal to HF's ``sequences_scores``, tested) instead of asking HF for its per-step
+full-vocabulary scores, which at 8 beams x 128 tokens cost GBs (``bench/beam_memory.py``). This is also why vLLM is not offered here (see generators.VLLMGenerator).
 
 Optional CLIFF rule (Cao and Wang 2021; Table 10's τ = 0.21): keep the chosen beam only if one of its
 proper-noun/number tokens was generated with probability < τ, i.e. the model was unsure about a

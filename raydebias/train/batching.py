@@ -36,26 +36,66 @@ _CUE = "\n" + PROMPT_END  # the cue every prompt ends with (SPEC §1)
 
 @dataclass
 class Batch:
-    """One training batch. N candidates, T tokens, G groups, R reference rows."""
+    """One training batch. B rows of T tokens holding N candidates of G groups; R = G reference rows.
 
-    input_ids: Tensor       # (N, T) long
-    attention_mask: Tensor  # (N, T) long
-    pool_mask: Tensor       # (N, T) float: entity tokens of the summary, else all summary tokens (eq. 5)
-    labels: Tensor          # (R, T) long: the reference summary + eos, -100 elsewhere (L_ce)
+    Per-candidate layout: B = N, row n is candidate n, ``position_ids`` and ``segment`` are None.
+    Shared-prompt layout: B = G, row g is group g's prompt then its candidates; ``segment`` says which
+    (0 prompt, k >= 1 the group's k-th candidate, -1 padding) and ``position_ids`` restart after the
+    prompt for every candidate.
+    """
+
+    input_ids: Tensor       # (B, T) long
+    attention_mask: Tensor  # (B, T) long: 1 on real tokens
+    pool_mask: Tensor       # (N, T) float: entity tokens of the summary in row pool_row[n], else all its tokens (eq. 5)
+    pool_row: Tensor        # (N,) long: the row of input_ids holding candidate n
+    labels: Tensor          # (R, T) long: the reference summary + eos in row lm_rows[r], -100 elsewhere (L_ce)
     lm_rows: Tensor         # (R,) long: rows of input_ids holding each group's reference
+    ce_index: Tensor        # (M,) long: flat (row * T + t) positions whose next token is labelled
+    ce_target: Tensor       # (M,) long: that next token
     group: Tensor           # (N,) long in [0, G)
     positive: Tensor        # (N,) bool
     group_toxic: Tensor     # (G,) bool: the group's sampled negatives include a toxic_rewrite
+    position_ids: Tensor | None = None  # (B, T) long, shared-prompt layout only
+    segment: Tensor | None = None       # (B, T) long, shared-prompt layout only
     ids: list[str] = field(default_factory=list)  # (G,) source ids
     ops: list[str] = field(default_factory=list)  # (N,) op of each candidate
 
     @property
     def n_tokens(self) -> int:
+        """Tokens the model encodes for this batch (padding excluded)."""
         return int(self.attention_mask.sum())
+
+    def model_inputs(self) -> dict[str, Tensor | None]:
+        """The keyword arguments of :meth:`raydebias.train.model.ContrastiveLM.forward`."""
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "pool_mask": self.pool_mask,
+                "pool_row": self.pool_row, "ce_index": self.ce_index, "position_ids": self.position_ids,
+                "segment": self.segment}
 
     def to(self, device: torch.device | str) -> Batch:
         moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
         return Batch(**moved)
+
+
+def next_token_targets(labels: Tensor, lm_rows: Tensor) -> tuple[Tensor, Tensor]:
+    """(ce_index, ce_target): the flat positions ``row * T + t`` of ``input_ids`` whose logits predict a
+    labelled token (``labels[r, t + 1] != -100``, row ``lm_rows[r]``), and those tokens. The LM head then
+    runs on these M positions only, not on every position of the reference rows."""
+    t = labels.shape[1]
+    nxt = labels[:, 1:]
+    r, pos = (nxt != -100).nonzero(as_tuple=True)
+    return lm_rows[r] * t + pos, nxt[r, pos]
+
+
+def shared_prompt_mask(segment: Tensor) -> Tensor:
+    """(B, 1, T, T) bool, True where query i may attend to key j: causally, a prompt token to the prompt, a
+    candidate's token to the prompt and to its own candidate's tokens, never across candidates. Padding
+    attends to itself only (no fully masked row: softmax of a fully masked row is NaN)."""
+    t = segment.shape[1]
+    pos = torch.arange(t, device=segment.device)
+    causal = pos[None, :] <= pos[:, None]  # (T, T): key j <= query i
+    q, k = segment[:, :, None], segment[:, None, :]
+    allow = causal & (q >= 0) & (k >= 0) & ((k == 0) | (k == q))
+    return (allow | torch.eye(t, dtype=torch.bool, device=segment.device))[:, None]
 
 
 def sample_candidates(row: dict[str, Any], max_positives: int | None, max_negatives: int | None,
@@ -184,13 +224,27 @@ def encode_example(tokenizer: Any, prompt_text: str, summary_text: str) -> tuple
     return list(prompt.ids), encode_continuation(tokenizer, prompt, summary_text)[0]
 
 
+@dataclass(frozen=True)
+class Group:
+    """One group as :class:`Collator` lays it out: its prompt ids (cut once, for its longest candidate),
+    its candidates' (ids, pooling mask) with the reference first, their ops, how many are positives, and
+    whether a toxic rewrite is among its negatives."""
+
+    prompt: list[int]
+    candidates: list[tuple[list[int], list[int]]]
+    ops: list[str]
+    n_positives: int
+    toxic: bool
+
+
 class Collator:
     """Tokenises groups into a :class:`Batch` (owns the tokenizer and the length budget)."""
 
     def __init__(self, tokenizer: Any, max_length: int, max_positives: int | None = None,
-                 max_negatives: int | None = None, seed: int = 0):
+                 max_negatives: int | None = None, seed: int = 0, shared_prompt: bool = True):
         self.tok = tokenizer
         self.max_length = max_length
+        self.shared_prompt = shared_prompt
         self.max_positives, self.max_negatives, self.seed = max_positives, max_negatives, seed
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
@@ -215,52 +269,84 @@ class Collator:
         middle = room - tail
         return head + prompt[len(head): len(head) + middle] + (prompt[len(prompt) - tail:] if tail else [])
 
-    def encode(self, prompt: Prompt, text: str, entities: Sequence[dict] | None, full: dict | None = None):
+    def encode(self, prompt: Prompt, text: str, entities: Sequence[dict] | None,
+               full: dict | None = None) -> tuple[list[int], list[int]]:
+        """A candidate's ids as a continuation of ``prompt`` (capped at half of ``max_length``) and its
+        pooling mask: its entity tokens, or all of its tokens when it has none (eq. 5)."""
         ids, offsets = encode_continuation(self.tok, prompt, text, full)
         cap = self.max_length // 2
         ids, offsets = ids[:cap], offsets[:cap]
         ent = entity_token_mask(offsets, entities)
-        summary_mask = ent if any(ent) else [1] * len(ids)  # fall back to every summary token (eq. 5)
-        p = self.fit(prompt.ids, len(ids), prompt.n_special, prompt.n_cue)
-        return p + ids + [self.eos], [0] * len(p) + summary_mask + [0], len(p)
+        return ids, (ent if any(ent) else [1] * len(ids))
+
+    def group(self, row: dict[str, Any], epoch: int) -> Group:
+        """One group's candidates for this epoch, encoded, and its prompt cut once for the longest."""
+        pos, neg = sample_candidates(row, self.max_positives, self.max_negatives, self.seed, epoch)
+        prompt = self.prompt(row)
+        cands = pos + neg
+        # One tokenizer call per group for every prompt + " " + candidate (fast tokenizers batch it).
+        fulls = self.tok([prompt.text + " " + c["text"] for c in cands], return_offsets_mapping=True)
+        encoded = [self.encode(prompt, c["text"], c.get("entities"),
+                               {"input_ids": fulls["input_ids"][k], "offset_mapping": fulls["offset_mapping"][k]})
+                   for k, c in enumerate(cands)]
+        cut = self.fit(prompt.ids, max(len(ids) for ids, _ in encoded), prompt.n_special, prompt.n_cue)
+        return Group(cut, encoded, [c["op"] for c in cands], len(pos), any(c["op"] == TOXIC_OP for c in neg))
 
     def __call__(self, rows: Sequence[dict[str, Any]], epoch: int) -> Batch:
-        seqs, pools, prompt_lens, group, positive, ops, lm_rows, toxic = [], [], [], [], [], [], [], []
+        seqs: list[list[int]] = []       # one per row of input_ids
+        positions: list[list[int]] = []  # shared-prompt layout: position ids per row
+        segs: list[list[int]] = []       # shared-prompt layout: segment per token
+        pools: list[tuple[int, int, list[int]]] = []  # per candidate: (row, first token, pooling mask)
+        refs: list[tuple[int, int, int]] = []         # per group: (row, first, end) of reference + eos
+        group, positive, ops, toxic = [], [], [], []
         for g, row in enumerate(rows):
-            pos, neg = sample_candidates(row, self.max_positives, self.max_negatives, self.seed, epoch)
-            prompt = self.prompt(row)
-            toxic.append(any(c["op"] == TOXIC_OP for c in neg))
-            cands = pos + neg
-            # One tokenizer call per group for every prompt + " " + candidate (fast tokenizers batch it).
-            fulls = self.tok([prompt.text + " " + c["text"] for c in cands], return_offsets_mapping=True)
-            for k, c in enumerate(cands):
-                full = {"input_ids": fulls["input_ids"][k], "offset_mapping": fulls["offset_mapping"][k]}
-                ids, pm, plen = self.encode(prompt, c["text"], c.get("entities"), full)
-                if k == 0:
-                    lm_rows.append(len(seqs))
-                seqs.append(ids)
-                pools.append(pm)
-                prompt_lens.append(plen)
-                group.append(g)
-                positive.append(k < len(pos))
-                ops.append(c["op"])
+            grp = self.group(row, epoch)
+            n_prompt = len(grp.prompt)
+            toxic.append(grp.toxic)
+            ops.extend(grp.ops)
+            group.extend([g] * len(grp.candidates))
+            positive.extend(k < grp.n_positives for k in range(len(grp.candidates)))
+            refs.append((len(seqs), n_prompt, n_prompt + len(grp.candidates[0][0]) + 1))
+            if self.shared_prompt:  # prompt | reference + eos | candidate 2 | ... (eos only where L_ce needs it)
+                seq, pos, seg = list(grp.prompt), list(range(n_prompt)), [0] * n_prompt
+                for k, (ids, pm) in enumerate(grp.candidates):
+                    tail = ids + [self.eos] if k == 0 else ids
+                    pools.append((len(seqs), len(seq), pm))
+                    seq += tail
+                    pos += range(n_prompt, n_prompt + len(tail))  # positions continue the prompt's
+                    seg += [k + 1] * len(tail)
+                seqs.append(seq)
+                positions.append(pos)
+                segs.append(seg)
+            else:  # one row per candidate: prompt | candidate + eos
+                for ids, pm in grp.candidates:
+                    pools.append((len(seqs), n_prompt, pm))
+                    seqs.append(grp.prompt + ids + [self.eos])
         t = max(len(s) for s in seqs)
-        n = len(seqs)
-        input_ids = torch.full((n, t), self.pad, dtype=torch.long)
-        attention = torch.zeros((n, t), dtype=torch.long)
-        pool_mask = torch.zeros((n, t), dtype=torch.float32)
-        for i, (s, pm) in enumerate(zip(seqs, pools, strict=True)):
-            input_ids[i, : len(s)] = torch.tensor(s)
-            attention[i, : len(s)] = 1
-            pool_mask[i, : len(pm)] = torch.tensor(pm, dtype=torch.float32)
-        labels = torch.full((len(lm_rows), t), -100, dtype=torch.long)
-        for r, i in enumerate(lm_rows):
-            plen, length = prompt_lens[i], int(attention[i].sum())
-            labels[r, plen:length] = input_ids[i, plen:length]  # summary tokens + eos
-        return Batch(input_ids=input_ids, attention_mask=attention, pool_mask=pool_mask, labels=labels,
-                     lm_rows=torch.tensor(lm_rows, dtype=torch.long), group=torch.tensor(group, dtype=torch.long),
-                     positive=torch.tensor(positive, dtype=torch.bool), group_toxic=torch.tensor(toxic),
-                     ids=[r[S.ID] for r in rows], ops=ops)
+
+        def padded(lists: list[list[int]], fill: int) -> Tensor:
+            out = torch.full((len(lists), t), fill, dtype=torch.long)
+            for i, xs in enumerate(lists):
+                out[i, : len(xs)] = torch.tensor(xs, dtype=torch.long)
+            return out
+
+        input_ids = padded(seqs, self.pad)
+        attention = padded([[1] * len(s) for s in seqs], 0)
+        pool_mask = torch.zeros((len(pools), t), dtype=torch.float32)
+        for i, (_, start, pm) in enumerate(pools):
+            pool_mask[i, start: start + len(pm)] = torch.tensor(pm, dtype=torch.float32)
+        labels = torch.full((len(refs), t), -100, dtype=torch.long)
+        for r, (i, a, z) in enumerate(refs):
+            labels[r, a:z] = input_ids[i, a:z]  # the reference summary tokens + eos
+        lm_rows = torch.tensor([i for i, _, _ in refs], dtype=torch.long)
+        ce_index, ce_target = next_token_targets(labels, lm_rows)
+        shared = self.shared_prompt
+        return Batch(input_ids=input_ids, attention_mask=attention, pool_mask=pool_mask,
+                     pool_row=torch.tensor([i for i, _, _ in pools], dtype=torch.long), labels=labels,
+                     lm_rows=lm_rows, ce_index=ce_index, ce_target=ce_target,
+                     group=torch.tensor(group, dtype=torch.long), positive=torch.tensor(positive, dtype=torch.bool),
+                     group_toxic=torch.tensor(toxic), position_ids=padded(positions, 0) if shared else None,
+                     segment=padded(segs, -1) if shared else None, ids=[r[S.ID] for r in rows], ops=ops)
 
     def filler(self) -> Batch:
         """A tiny valid batch for a rank whose shard ran out while others still train (its loss is x0)."""
@@ -272,4 +358,4 @@ class Collator:
 
 
 __all__ = ["Batch", "Collator", "Prompt", "encode_continuation", "encode_example", "encode_prompt",
-           "entity_token_mask", "sample_candidates"]
+           "entity_token_mask", "next_token_targets", "sample_candidates", "shared_prompt_mask"]

@@ -199,8 +199,8 @@ class WarmupLinear:
 def batch_losses(model: ContrastiveLM, batch: Batch, loss_fn: ContrastiveDebiasLoss) -> LossOutput:
     """One forward of ``model`` on ``batch`` and its losses: L_ce (eq. 6), L_cl with w_tox (eq. 7-9), total,
     and the contrastive accuracy counts."""
-    reps, logits = model(batch.input_ids, batch.attention_mask, batch.pool_mask, batch.lm_rows)
-    return loss_fn(logits, batch.labels, reps, batch.group, batch.positive, batch.group_toxic)
+    reps, logits = model(**batch.model_inputs())
+    return loss_fn(logits, batch.ce_target, reps, batch.group, batch.positive, batch.group_toxic)
 
 
 def step_losses(model: ContrastiveLM, batch: Batch, cfg: Config) -> dict[str, Any]:
@@ -414,7 +414,7 @@ def setup(cfg: Config, loop_config: dict[str, Any], session: Session) -> Worker:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model, tok = build_model(cfg, device, precision, comm)
-    collate = Collator(tok, t.max_length, t.max_positives, t.max_negatives, cfg.seed)
+    collate = Collator(tok, t.max_length, t.max_positives, t.max_negatives, cfg.seed, t.shared_prompt)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     # an estimate (shards are uneven): the first epoch's real length corrects it (run_worker)
     steps_per_epoch = max(1, math.ceil(loop_config["rows"] / (session.world * t.groups_per_batch)))

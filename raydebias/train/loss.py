@@ -95,14 +95,18 @@ def lm_loss(logits: Tensor, labels: Tensor, label_smoothing: float) -> tuple[Ten
     """Label-smoothed next-token cross-entropy, summed over labelled tokens and divided by their count.
 
     Args:
-        logits: (B, T, V) from the reference rows only.
-        labels: (B, T) long, -100 on prompt/padding (only the reference summary tokens are labelled).
+        logits: (B, T, V) from the reference rows, with ``labels`` (B, T) long, -100 on prompt/padding
+            (the logits at t predict the label at t + 1); or (M, V) at the predicting positions only,
+            with ``labels`` (M,) the tokens they predict (:func:`raydebias.train.batching.next_token_targets`).
 
     Returns:
         (loss, n_tokens): loss 0 when no token is labelled.
     """
-    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
-    shift_labels = labels[:, 1:].reshape(-1)
+    if logits.dim() == 2:  # already aligned: one row per labelled token
+        shift_logits, shift_labels = logits, labels
+    else:
+        shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
+        shift_labels = labels[:, 1:].reshape(-1)
     n = int((shift_labels != -100).sum())
     if n == 0:
         return logits.sum() * 0.0, 0
@@ -164,8 +168,8 @@ class ContrastiveDebiasLoss(torch.nn.Module):
                 group_toxic: Tensor) -> LossOutput:
         """
         Args:
-            logits: (R, T, V) LM logits of the reference rows (one per group).
-            labels: (R, T) long, -100 outside the reference summary tokens.
+            logits, labels: L_ce's inputs as :func:`lm_loss` takes them: (R, T, V) logits of the reference
+                rows with (R, T) labels, or (M, V) logits at the positions predicting the labels (M,).
             reps: (N, D) L2-normalised candidate representations (eq. 5).
             group: (N,) long in [0, G).
             positive: (N,) bool.

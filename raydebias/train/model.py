@@ -5,7 +5,8 @@
 
 x_i are the last hidden states of the candidate's summary tokens (encoded after its prompt); m_i marks
 the summary tokens inside a named entity, or every summary token when the summary has none (the mask is
-built by :mod:`raydebias.train.batching`).
+built by :mod:`raydebias.train.batching`, in either of its layouts: one row per candidate, or one row
+per group with the prompt encoded once under a tree attention mask).
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from raydebias.train.batching import shared_prompt_mask
 
 HEAD_WEIGHTS, HEAD_CONFIG = "projection_head.safetensors", "projection_head.json"
 
@@ -31,18 +35,24 @@ class ProjectionHead(nn.Module):
         return F.normalize(self.fc2(F.gelu(self.fc1(x))), dim=-1)
 
 
-def pool(z: Tensor, mask: Tensor) -> Tensor:
+def pool(z: Tensor, mask: Tensor, rows: Tensor | None = None) -> Tensor:
     """Masked mean over tokens, then L2-normalise (eq. 5).
 
     Args:
-        z: (N, T, D) token projections.
+        z: (B, T, D) token projections.
         mask: (N, T) 1 for the tokens to pool (entity tokens, or all summary tokens as the fallback).
+        rows: (N,) long, the row of ``z`` holding candidate n; None when row n is candidate n (B = N).
     Returns:
         (N, D)
     """
-    m = mask.to(z.dtype).unsqueeze(-1)  # (N, T, 1)
-    summed = (z * m).sum(dim=1)
-    return F.normalize(summed / m.sum(dim=1).clamp(min=1.0), dim=-1)
+    m = mask.to(z.dtype)
+    if rows is None:
+        summed = (z * m.unsqueeze(-1)).sum(dim=1)
+    else:  # several candidates per row: one (N, B*T) @ (B*T, D) product, no (N, T, D) copy of z
+        w = z.new_zeros(m.shape[0], z.shape[0], z.shape[1])
+        w[torch.arange(m.shape[0], device=m.device), rows] = m
+        summed = w.flatten(1) @ z.flatten(0, 1)
+    return F.normalize(summed / m.sum(dim=1, keepdim=True).clamp(min=1.0), dim=-1)
 
 
 def hidden_size_of(lm: nn.Module) -> int:
@@ -61,22 +71,41 @@ class ContrastiveLM(nn.Module):
         self.lm = lm
         self.head = ProjectionHead(hidden_size_of(lm), proj_dim)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, pool_mask: Tensor,
-                lm_rows: Tensor) -> tuple[Tensor, Tensor]:
-        """
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, pool_mask: Tensor, pool_row: Tensor,
+                ce_index: Tensor, position_ids: Tensor | None = None,
+                segment: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The fields of :meth:`raydebias.train.batching.Batch.model_inputs`.
+
         Args:
-            input_ids, attention_mask: (N, T) prompt + candidate summary, right-padded.
-            pool_mask: (N, T) tokens pooled into each candidate's representation.
-            lm_rows: (R,) long, the rows (reference summaries) whose LM logits are needed for L_ce.
+            input_ids, attention_mask: (B, T) rows, right-padded; a row is one candidate, or (with
+                ``segment``) one group's prompt followed by its candidates.
+            pool_mask, pool_row: (N, T), (N,) the tokens pooled into each candidate and their row.
+            ce_index: (M,) flat positions (row * T + t) whose next token L_ce predicts.
+            position_ids, segment: (B, T) the shared-prompt layout (None: one candidate per row).
         Returns:
-            reps: (N, D) pooled, normalised representations; logits: (R, T, V).
+            reps: (N, D) pooled, normalised representations; logits: (M, V) at ``ce_index``.
         """
-        # The base model once for all candidates; the vocabulary projection only for the R reference
-        # rows (it is the most expensive matmul of a small model and L_ce needs nothing else).
-        hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        reps = pool(self.head(hidden), pool_mask)  # (N, T, H) -> (N, T, D) -> (N, D)
-        logits = self.lm.get_output_embeddings()(hidden.index_select(0, lm_rows))  # (R, T, V)
+        mask = attention_mask if segment is None else self.tree_mask(segment)
+        # The base model once for all candidates; the vocabulary projection only at the M positions L_ce
+        # reads (it is the most expensive matmul of a small model and L_ce needs nothing else).
+        hidden = self.lm.base_model(input_ids=input_ids, attention_mask=mask,
+                                    position_ids=position_ids).last_hidden_state
+        reps = pool(self.head(hidden), pool_mask, None if segment is None else pool_row)  # (N, D)
+        logits = self.lm.get_output_embeddings()(hidden.flatten(0, 1).index_select(0, ce_index))  # (M, V)
         return reps, logits
+
+    def tree_mask(self, segment: Tensor) -> Tensor:
+        """The shared-prompt attention mask in the form this LM's attention implementation takes: boolean
+        for SDPA (and flex's tensor path), additive in the compute dtype for eager attention."""
+        impl = getattr(self.lm.config, "_attn_implementation", None) or "eager"
+        allow = shared_prompt_mask(segment)
+        if impl == "sdpa":
+            return allow
+        if impl == "eager":
+            dtype = self.lm.get_input_embeddings().weight.dtype  # the compute dtype (FSDP2 has unsharded it)
+            return torch.zeros(allow.shape, dtype=dtype, device=allow.device).masked_fill(~allow, torch.finfo(dtype).min)
+        raise ValueError(f"train.shared_prompt needs a custom 4D attention mask, which attention implementation "
+                         f"{impl!r} does not take: use sdpa or eager, or set train.shared_prompt=false")
 
 
 def transformer_blocks(lm: nn.Module) -> list[nn.Module]:
