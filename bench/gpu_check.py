@@ -245,8 +245,9 @@ def check_shared_prompt(models: dict[str, str], results: dict) -> None:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         out[name] = {"loss": loss, "tokens": batch.n_tokens, "step_s": round(min(times[1:]), 4)}
-    results["shared_prompt"] = {**out, "loss_abs_diff": abs(out["per_candidate"]["loss"] - out["shared_prompt"]["loss"]),
-                                "step_speedup": round(out["per_candidate"]["step_s"] / out["shared_prompt"]["step_s"], 2)}
+    per, shared = out["per_candidate"], out["shared_prompt"]
+    results["shared_prompt"] = {**out, "loss_abs_diff": abs(per["loss"] - shared["loss"]),
+                                "step_speedup": round(per["step_s"] / shared["step_s"], 2)}
     if results["shared_prompt"]["loss_abs_diff"] > 1e-3:
         raise AssertionError(f"shared-prompt loss differs from per-candidate: {results['shared_prompt']}")
 
@@ -306,7 +307,8 @@ def check_mfu(models: dict[str, str], results: dict) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", help="also write the JSON here")
-    ap.add_argument("--skip", default="", help="comma-separated checks to skip: train,evaluate,baselines,vllm,shared_prompt,mfu")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated checks to skip: train,evaluate,baselines,vllm,shared_prompt,mfu")
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: dry-run this script (gloo)")
     ap.add_argument("--small", action="store_true", help="smaller 'small' model (dry runs on CPU)")
     args = ap.parse_args()
