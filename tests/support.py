@@ -120,3 +120,20 @@ def free_ports(n: int) -> list[int]:
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     return free_ports(1)[0]
+
+
+def generate_seeing_kwargs(gen, prompts: list[str], params) -> tuple[list, dict]:
+    """``gen.generate(prompts, params)`` and the keyword arguments it handed to ``model.generate``."""
+    seen: dict = {}
+    real = gen.model.generate
+
+    def spy(**kwargs):
+        seen.update(kwargs)
+        return real(**kwargs)
+
+    gen.model.generate = spy
+    try:
+        out = gen.generate(prompts, params)
+    finally:
+        del gen.model.generate  # back to the class's method
+    return out, seen

@@ -8,6 +8,7 @@ import importlib.util
 
 import pytest
 import torch
+from support import generate_seeing_kwargs
 
 from raydebias.generation import (
     Generation,
@@ -98,18 +99,7 @@ def test_beam_scores_equal_hf_sequences_scores(which, length_penalty, request):
     gen = request.getfixturevalue(which)
     params = GenParams(max_new_tokens=10, num_beams=4, num_return_sequences=4, length_penalty=length_penalty,
                        output_scores=True)
-    asked = {}
-    real = gen.model.generate
-
-    def spy(**kw):
-        asked.update(kw)
-        return real(**kw)
-
-    gen.model.generate = spy
-    try:
-        out = gen.generate(PROMPTS, params)
-    finally:
-        del gen.model.generate
+    out, asked = generate_seeing_kwargs(gen, PROMPTS, params)
     assert asked["output_scores"] is False
     assert [len(row) for row in out] == [4, 4]
     model, tok = gen.model, gen.tokenizer

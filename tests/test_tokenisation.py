@@ -9,6 +9,7 @@ model emits after that prompt: the continuation tokens of ``prompt + " " + summa
 
 import pytest
 import torch
+from support import generate_seeing_kwargs
 
 from raydebias import schema as S
 from raydebias.generation import GenParams, HFGenerator
@@ -49,18 +50,7 @@ def gen(request):
 
 def generation_prompt_ids(gen, prompts):
     """The prompt ids HFGenerator really hands to model.generate (left padding removed)."""
-    seen = {}
-    real = gen.model.generate
-
-    def spy(**kwargs):
-        seen.update(kwargs)
-        return real(**kwargs)
-
-    gen.model.generate = spy
-    try:
-        gen.generate(prompts, GenParams(max_new_tokens=1))
-    finally:
-        del gen.model.generate  # back to the class's method
+    _, seen = generate_seeing_kwargs(gen, prompts, GenParams(max_new_tokens=1))
     return [ids[mask.bool()].tolist() for ids, mask in zip(seen["input_ids"], seen["attention_mask"], strict=True)]
 
 
