@@ -137,3 +137,18 @@ def generate_seeing_kwargs(gen, prompts: list[str], params) -> tuple[list, dict]
     finally:
         del gen.model.generate  # back to the class's method
     return out, seen
+
+
+def checkpoint_registered(run_dir, prefix: str = "step-") -> bool:
+    """Ray Train has REGISTERED a checkpoint whose directory name starts with ``prefix`` under ``run_dir`` (a
+    local path or a StoragePath): its controller's snapshot lists it. A checkpoint directory alone may still lack
+    a rank's shards, or never be registered if the job dies now; a restart then begins from an older
+    checkpoint or from scratch, so tests that kill a run wait for this."""
+    from raydebias.storage import StoragePath
+
+    snap = StoragePath.of(run_dir) / "checkpoint_manager_snapshot.json"
+    try:
+        results = json.loads(snap.read_text()).get("checkpoint_results", [])
+    except (OSError, ValueError):
+        return False
+    return any(r.get("checkpoint_dir_name", "").startswith(prefix) for r in results)

@@ -11,7 +11,7 @@ import sys
 import time
 
 import pyarrow.parquet as pq
-from support import REPO, SHARED_RUN_ROWS, SMOKE, job_env, kill_tree
+from support import REPO, SHARED_RUN_ROWS, SMOKE, checkpoint_registered, job_env, kill_tree
 
 from raydebias.config import load_config
 from raydebias.storage import StoragePath
@@ -39,12 +39,16 @@ def test_sweep_on_s3_killed_and_restored(shared_run, s3, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("alpha: [1, 8]\n")  # 2 trials: CI time (the default scheduler, fifo, trains and evaluates each)
 
-    # 1. Kill the whole job (driver + its embedded Ray cluster) once a trial has checkpointed.
+    # 1. Kill the whole job (driver + its embedded Ray cluster) once a trial's checkpoint is REGISTERED (a
+    # checkpoint directory alone may not be: the restored trial would then start over, and nothing resumes).
+    def registered() -> bool:
+        return any(checkpoint_registered(run.parent) for run in (remote / "sweep/trials").glob("*/train/run/step-*"))
+
     with open(tmp_path / "first.txt", "w") as log:
         proc = subprocess.Popen(_cmd(uri, space), stdout=log, stderr=subprocess.STDOUT, env=job_env(), cwd=REPO)
         try:
             deadline = time.time() + 600
-            while not (remote / "sweep/trials").glob("*/train/run/step-*"):
+            while not registered():
                 assert proc.poll() is None, (tmp_path / "first.txt").read_text()[-4000:]
                 assert time.time() < deadline, "no trial checkpoint within 10 minutes"
                 time.sleep(0.5)

@@ -12,7 +12,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 import torch
-from support import REPO, SHARED_RUN_JOB, SMOKE
+from support import REPO, SHARED_RUN_JOB, SMOKE, checkpoint_registered
 from support import SHARED_RUN_ARGS as COMMON
 from support import SHARED_RUN_ROWS as ROWS
 
@@ -141,15 +141,6 @@ def _descendants_named(pid, marker):
     return found
 
 
-def _registered(run_dir, prefix: str) -> bool:
-    snap = run_dir / "checkpoint_manager_snapshot.json"
-    try:
-        results = json.loads(snap.read_text()).get("checkpoint_results", [])
-    except (OSError, ValueError):
-        return False
-    return any(r.get("checkpoint_dir_name", "").startswith(prefix) for r in results)
-
-
 def test_a_killed_worker_is_restarted_from_the_last_checkpoint(run, tmp_path):
     """SIGKILL one Ray Train worker mid-run: FailureConfig restarts the group from the latest checkpoint;
     no step is repeated or lost and every epoch trains on every group exactly once."""
@@ -173,7 +164,7 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(run, tmp_path):
             # Kill once Ray Train has REGISTERED step 2's checkpoint (its controller's snapshot lists it):
             # a directory in storage may still lack the other rank's shards, or be unregistered when the
             # worker dies, and a restart then begins from an older checkpoint or from scratch.
-            while not _registered(out / "train/run", "step-0000002-"):
+            while not checkpoint_registered(out / "train/run", "step-0000002-"):
                 assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()[-4000:]
                 assert time.time() < deadline, "no checkpoint within 10 minutes"
                 time.sleep(0.5)
