@@ -293,18 +293,7 @@ class HFGenerator:
             out = self.model.generate(**enc, **kwargs)
         prompt_len = enc["input_ids"].shape[1]
         continuations = out.sequences[:, prompt_len:].tolist()  # (B * n, T): prompt removed by position
-        logprobs = scores = None
-        if rescore:
-            lp, lengths = self.sequence_logprobs(enc["attention_mask"], out.sequences, params.num_return_sequences)
-            scores = (lp.sum(-1) / lengths.double() ** params.length_penalty).tolist()
-            logprobs = lp.tolist() if params.output_scores else None
-        else:
-            if params.output_scores:
-                logprobs = self.model.compute_transition_scores(
-                    out.sequences, out.scores, getattr(out, "beam_indices", None) if beam else None,
-                    normalize_logits=True,
-                ).float().cpu().tolist()
-            scores = out.sequences_scores.float().cpu().tolist() if beam else None
+        scores, logprobs = self._scores(out, enc["attention_mask"], params, rescore)
         n = params.num_return_sequences
         results: list[list[Generation]] = []
         for p in range(len(prompts)):
@@ -320,6 +309,23 @@ class HFGenerator:
             results.append(row)
         return results
 
+
+    def _scores(self, out: Any, prompt_mask: Any, params: GenParams,
+                rescore: bool) -> tuple[list[float] | None, list[list[float]] | None]:
+        """(beam scores or None, per-token log-probs or None) of ``generate``'s output ``out``: rescored from
+        one teacher-forced pass, or read from HF's per-step scores."""
+        beam = params.num_beams > 1
+        if rescore:
+            lp, lengths = self.sequence_logprobs(prompt_mask, out.sequences, params.num_return_sequences)
+            scores = (lp.sum(-1) / lengths.double() ** params.length_penalty).tolist()
+            return scores, (lp.tolist() if params.output_scores else None)
+        logprobs = None
+        if params.output_scores:
+            logprobs = self.model.compute_transition_scores(
+                out.sequences, out.scores, getattr(out, "beam_indices", None) if beam else None,
+                normalize_logits=True,
+            ).float().cpu().tolist()
+        return (out.sequences_scores.float().cpu().tolist() if beam else None), logprobs
 
     # Generation-config fields that make HF add a logits processor to beam search (transformers'
     # GenerationMixin._get_logits_processor), with the value that adds none.
