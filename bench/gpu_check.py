@@ -214,40 +214,18 @@ def check_shared_prompt(models: dict[str, str], results: dict) -> None:
     equal those of one row per candidate (fp32, dropout off), and the step time of each, on paper-size GPT-2
     groups (reference + 3 backtranslations + 10 negatives, ~400-token prompts) and a GPT-2-small model."""
     import torch
-    from groups import paper_groups
+    from groups import compare_layouts, paper_groups
 
     from raydebias.config import load_config
     from raydebias.models import load_model
-    from raydebias.train.batching import Collator
-    from raydebias.train.loop import step_losses
     from raydebias.train.model import ContrastiveLM
 
     cfg = load_config(None, ["train.max_length=512"])
     lm, tok = load_model(models["gpt2-small"], "causal_lm", device=DEVICE, dtype=torch.float32)
     torch.manual_seed(0)
     model = ContrastiveLM(lm, cfg.train.proj_dim).to(DEVICE)
-    groups = paper_groups(8 if DEVICE == "cuda" else 2, tok)
-    out = {}
-    for name, shared in (("per_candidate", False), ("shared_prompt", True)):
-        batch = Collator(tok, 512, shared_prompt=shared)(groups, 0).to(DEVICE)
-        model.eval()
-        with torch.no_grad():
-            loss = step_losses(model, batch, cfg)["loss"].item()
-        model.train()
-        times = []
-        for _ in range(4):
-            model.zero_grad(set_to_none=True)
-            if DEVICE == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            step_losses(model, batch, cfg)["loss"].backward()
-            if DEVICE == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        out[name] = {"loss": loss, "tokens": batch.n_tokens, "step_s": round(min(times[1:]), 4)}
-    per, shared = out["per_candidate"], out["shared_prompt"]
-    results["shared_prompt"] = {**out, "loss_abs_diff": abs(per["loss"] - shared["loss"]),
-                                "step_speedup": round(per["step_s"] / shared["step_s"], 2)}
+    results["shared_prompt"] = compare_layouts(model, tok, paper_groups(8 if DEVICE == "cuda" else 2, tok), cfg,
+                                               device=DEVICE, repeat=3)
     if results["shared_prompt"]["loss_abs_diff"] > 1e-3:
         raise AssertionError(f"shared-prompt loss differs from per-candidate: {results['shared_prompt']}")
 

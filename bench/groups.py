@@ -83,3 +83,45 @@ def paper_groups(n: int, tokenizer, prompt_tokens: int = 400, backtranslations: 
         out.append({"id": f"g{i}", "post": post, "summary": summary, "subreddit": p["subreddit"],
                     "title": p["title"], "positives": pos, "negatives": neg})
     return out
+
+
+def compare_layouts(model, tokenizer, groups: list[dict], cfg, device: str = "cpu", repeat: int = 3) -> dict:
+    """One batch of ``groups`` encoded both ways (one row per candidate, one row per group with the prompt once):
+    per layout its rows, candidates, tokens encoded, padded tokens, loss (eval mode: no dropout masks, so the
+    two are the same computation) and forward+backward step time (median of ``repeat`` after a warm-up); then
+    ``prompt_tokens_saved_ratio``, ``step_speedup`` and ``loss_abs_diff``."""
+    import statistics
+    import time
+
+    import torch
+
+    from raydebias.train.batching import Collator
+    from raydebias.train.loop import step_losses
+
+    def sync() -> None:
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+
+    out: dict = {}
+    for name, shared in (("per_candidate", False), ("shared_prompt", True)):
+        batch = Collator(tokenizer, cfg.train.max_length, seed=cfg.seed, shared_prompt=shared)(groups, 0).to(device)
+        model.eval()
+        with torch.no_grad():
+            loss = step_losses(model, batch, cfg)["loss"].item()
+        model.train()
+        times = []
+        for _ in range(repeat + 1):  # the first is a warm-up
+            model.zero_grad(set_to_none=True)
+            sync()
+            t0 = time.perf_counter()
+            step_losses(model, batch, cfg)["loss"].backward()
+            sync()
+            times.append(time.perf_counter() - t0)
+        out[name] = {"rows": batch.input_ids.shape[0], "candidates": batch.group.numel(), "tokens": batch.n_tokens,
+                     "padded_tokens": batch.input_ids.numel(), "loss": loss,
+                     "step_s": round(statistics.median(times[1:]), 4)}
+    per, shared = out["per_candidate"], out["shared_prompt"]
+    out["prompt_tokens_saved_ratio"] = round(1 - shared["tokens"] / per["tokens"], 3)
+    out["step_speedup"] = round(per["step_s"] / shared["step_s"], 2)
+    out["loss_abs_diff"] = abs(per["loss"] - shared["loss"])
+    return out

@@ -88,16 +88,12 @@ def plain_loop(cfg, augmented: Path) -> float:
 
 def shared_prompt_step(size: str, groups_per_batch: int, repeat: int) -> dict:
     """Tokens per step and step time (forward + backward, median of ``repeat``) of one batch of paper-size
-    groups, encoded one row per candidate and one row per group (prompt once)."""
-    import statistics
-
+    groups, encoded one row per candidate and one row per group (prompt once): ``groups.compare_layouts``."""
     import torch
-    from groups import paper_groups, random_gpt2
+    from groups import compare_layouts, paper_groups, random_gpt2
 
     from raydebias.config import load_config
     from raydebias.models import load_model
-    from raydebias.train.batching import Collator
-    from raydebias.train.loop import step_losses
     from raydebias.train.model import ContrastiveLM
 
     torch.set_num_threads(1)
@@ -106,30 +102,11 @@ def shared_prompt_step(size: str, groups_per_batch: int, repeat: int) -> dict:
     cfg = load_config(None, [f"train.model={path}", "train.max_length=512"])  # the GPT-2 preset's max length
     lm, tok = load_model(path, "causal_lm", dtype=torch.float32)
     torch.manual_seed(0)
-    model = ContrastiveLM(lm, cfg.train.proj_dim).train()
-    groups = paper_groups(groups_per_batch, tok)
-    out: dict = {"model": f"GPT2 {n_layer}x{n_embd}", "groups_per_batch": groups_per_batch}
-    losses = {}
-    for name, shared in (("per_candidate", False), ("shared_prompt", True)):
-        batch = Collator(tok, cfg.train.max_length, seed=cfg.seed, shared_prompt=shared)(groups, 0)
-        times = []
-        for _ in range(repeat + 1):  # the first is a warm-up
-            model.zero_grad(set_to_none=True)
-            t0 = time.perf_counter()
-            res = step_losses(model, batch, cfg)
-            res["loss"].backward()
-            times.append(time.perf_counter() - t0)
-        model.eval()  # the same computation in both layouts: compare without dropout's random masks
-        with torch.no_grad():
-            losses[name] = step_losses(model, batch, cfg)["loss"].item()
-        model.train()
-        out[name] = {"rows": batch.input_ids.shape[0], "candidates": batch.group.numel(), "tokens": batch.n_tokens,
-                     "padded_tokens": batch.input_ids.numel(), "step_s": round(statistics.median(times[1:]), 3)}
-        emit(what="shared_prompt_step", layout=name, **out[name])
-    per, shared = out["per_candidate"], out["shared_prompt"]
-    out["prompt_tokens_saved_ratio"] = round(1 - shared["tokens"] / per["tokens"], 3)
-    out["step_speedup"] = round(per["step_s"] / shared["step_s"], 2)
-    out["loss_abs_diff"] = abs(losses["per_candidate"] - losses["shared_prompt"])
+    model = ContrastiveLM(lm, cfg.train.proj_dim)
+    out = {"model": f"GPT2 {n_layer}x{n_embd}", "groups_per_batch": groups_per_batch,
+           **compare_layouts(model, tok, paper_groups(groups_per_batch, tok), cfg, repeat=repeat)}
+    for layout in ("per_candidate", "shared_prompt"):
+        emit(what="shared_prompt_step", layout=layout, **out[layout])
     shutil.rmtree(path, ignore_errors=True)
     return out
 

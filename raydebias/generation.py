@@ -309,7 +309,6 @@ class HFGenerator:
             results.append(row)
         return results
 
-
     def _scores(self, out: Any, prompt_mask: Any, params: GenParams,
                 rescore: bool) -> tuple[list[float] | None, list[list[float]] | None]:
         """(beam scores or None, per-token log-probs or None) of ``generate``'s output ``out``: rescored from
@@ -329,7 +328,8 @@ class HFGenerator:
 
     # Generation-config fields that make HF add a logits processor to beam search (transformers'
     # GenerationMixin._get_logits_processor), with the value that adds none.
-    _NO_PROCESSOR = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+    # (repetition_penalty is not here: generate() always passes GenParams' own, checked directly.)
+    _NO_PROCESSOR = {"encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
                      "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "min_length": 0, "min_new_tokens": None,
                      "forced_bos_token_id": None, "forced_eos_token_id": None, "suppress_tokens": None,
                      "begin_suppress_tokens": None, "exponential_decay_length_penalty": None, "sequence_bias": None,
@@ -340,9 +340,8 @@ class HFGenerator:
         teacher-forced pass reproduces its scores. Else the caller asks HF for its per-step scores."""
         if params.do_sample or params.repetition_penalty != 1.0 or self.intervention is not None:
             return False
-        gc = self.model.generation_config  # repetition_penalty: ours (a generate() argument) overrides it
-        return all(_neutral(getattr(gc, k, None), neutral) for k, neutral in self._NO_PROCESSOR.items()
-                   if k != "repetition_penalty")
+        gc = self.model.generation_config
+        return all(_neutral(getattr(gc, k, None), neutral) for k, neutral in self._NO_PROCESSOR.items())
 
     def sequence_logprobs(self, prompt_mask: Any, sequences: Any, n: int,
                           max_logits_bytes: int = 256 * 2**20) -> tuple[Any, Any]:

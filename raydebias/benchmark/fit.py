@@ -155,7 +155,8 @@ def fit_variants(rows: list[Any], texts: list[str], base: str, cfg: Config, out:
             failed[name] = f"{type(e).__name__}: {e}"
             continue
         stats = {"method": row.method, "attribute": row.attribute, "base": base, "sentences": prepared[name]["counts"],
-                 "fit": stats_fit, "seconds": round(time.perf_counter() - t0, 2)}
+                 # the fits run side by side after one shared embedding pass: the time until this row was ready
+                 "fit": stats_fit, "seconds_to_ready": round(time.perf_counter() - t0, 2)}
         with variant_dir(out, name).replacing_local() as tmp:
             save_directions(tmp, directions, method=row.method, attribute=row.attribute, base=base)
             (tmp / "fit.json").write_text(json.dumps(stats, indent=1, default=float))

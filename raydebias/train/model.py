@@ -96,7 +96,7 @@ class ContrastiveLM(nn.Module):
 
     def tree_mask(self, segment: Tensor) -> Tensor:
         """The shared-prompt attention mask in the form this LM's attention implementation takes: boolean
-        for SDPA (and flex's tensor path), additive in the compute dtype for eager attention."""
+        for SDPA, additive in the compute dtype for eager attention; others are refused."""
         impl = getattr(self.lm.config, "_attn_implementation", None) or "eager"
         allow = shared_prompt_mask(segment)
         if impl == "sdpa":
