@@ -6,12 +6,15 @@
     pushed through every stage in turn (batch of one);
 (b) batched: one process running the same stages on batches of each stage's ``resources.batch_size``
     rows, no Ray: the limit of this box for these models (no serialisation, no scheduling);
-(c) the pipeline: ``raydebias.augment.pipeline.build``, one Ray Data actor pool per model, batches
-    streamed between pools; cold (actor start included: what a user waits for), then warm, then with 2
-    actors per op.
+(c) the pipeline: ``raydebias.augment.pipeline.build`` in both layouts: ``pools`` (one Ray Data actor
+    pool per model, blocks streamed between pools; cold, then again) and ``fused`` (every stage in each
+    actor of one pool, one actor per core: what a CPU node runs, ``augment.layout=fused``); with
+    ``--two-actors`` also the pools layout with 2 actors per pool.
 All use the smoke config's tiny models and the shipped sample rows; load time is excluded from (a) and
-(b). Prints rows/s of each, Ray Data's per-operator stats of the warm run, and a final JSON line with
-``ratio_pipeline_over_loop`` ((c)/(a) in rows/s) and ``ratio_pipeline_over_batched`` ((c)/(b)).
+(b). Prints rows/s of each, Ray Data's per-operator stats of the second pools run and of the fused run,
+and a final JSON line with ``ratio_pipeline_over_loop`` ((c)/(a) in rows/s, (c) = the fused layout) and
+``ratio_pipeline_over_batched`` ((c)/(b)), the same ratios of the pools layout, each run's start-up share
+(time to its first output block) and steady rows/s after it.
 Absolute times on shared 2-core machines are noisy: compare the ratios of one run.
 """
 
@@ -90,7 +93,8 @@ def batched(table: pa.Table, cfg) -> float:
 
 
 def pipeline(table: pa.Table, cfg, actors: int, block_rows: int, stats: bool = False) -> tuple[float, float, int]:
-    """(seconds, seconds to the first output block, rows in that block) of one run of ``build``."""
+    """(seconds, seconds to the first output block, rows in that block) of one run of ``build``
+    (``augment.layout`` of ``cfg``; ``actors`` per pool in the pools layout)."""
     import ray.data
 
     from raydebias.augment.pipeline import build
@@ -99,7 +103,7 @@ def pipeline(table: pa.Table, cfg, actors: int, block_rows: int, stats: bool = F
     a = cfg.augment
     classes = stage_classes()
     for s in stage_order(a):
-        if (res := classes[s].resources(a)) is not None:
+        if (res := classes[s].resources(a)) is not None and a.layout == "pools":
             res.actors = actors
     t0 = time.perf_counter()
     # Source blocks as the data stage's Parquet parts give them (one block would cross the pools one pool at a
@@ -123,6 +127,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=48)
     ap.add_argument("--block-rows", type=int, default=16, help="rows per source block handed to the pipeline")
+    ap.add_argument("--fused-actors", type=int, default=os.cpu_count() or 2,
+                    help="actors of the fused layout (default: one per core)")
+    ap.add_argument("--two-actors", action="store_true", help="also run the pools layout with 2 actors per pool")
     args = ap.parse_args()
 
     import ray
@@ -132,6 +139,7 @@ def main() -> None:
 
     # Logical CPUs for 2 actors x 9 pools x 0.5 CPU (+ tasks); physical cores stay what they are.
     over = ["ray.num_cpus=16"]
+    fused = [*over, "augment.layout=fused", f"augment.fused.actors={args.fused_actors}", "augment.fused.num_cpus=1"]
     cfg = load_config(REPO / "jobs/configs/smoke.yaml", over)
     table = source_rows(args.rows)
     loop_s = sequential(table, cfg)
@@ -139,31 +147,42 @@ def main() -> None:
     batched_s = batched(table, cfg)
     print(json.dumps({"batched_s": round(batched_s, 2)}), flush=True)
     init_ray(cfg)
+    runs: dict[str, tuple[float, float, int]] = {}
     try:
-        def run(actors: int, stats: bool = False) -> tuple[float, float, int]:
-            return pipeline(table, load_config(REPO / "jobs/configs/smoke.yaml", over), actors, args.block_rows, stats)
+        def run(name: str, overrides: list[str], actors: int = 1, stats: bool = False) -> None:
+            runs[name] = pipeline(table, load_config(REPO / "jobs/configs/smoke.yaml", overrides), actors,
+                                  args.block_rows, stats)
+            s, start, _ = runs[name]
+            print(json.dumps({name: round(s, 2), "to_first_block_s": round(start, 2)}), flush=True)
 
-        cold_1, cold_start, _ = run(1)
-        print(json.dumps({"pipeline_cold_s": round(cold_1, 2), "to_first_block_s": round(cold_start, 2)}), flush=True)
-        # Not warmer than the first: every build() starts its own pools (actors, model loads); what a second run
-        # saves is the cluster's worker processes and the OS file cache.
-        warm_1, warm_start, warm_first = run(1, stats=True)
-        print(json.dumps({"pipeline_warm_s": round(warm_1, 2), "to_first_block_s": round(warm_start, 2)}), flush=True)
-        warm_2, _, _ = run(2)
+        # Every build() starts its own pools (actors, model loads): a second run saves only the cluster's worker
+        # processes and the OS file cache.
+        run("pools_cold_s", over)
+        run("pools_s", over, stats=True)
+        run("fused_s", fused, stats=True)
+        if args.two_actors:
+            run("pools_2_actors_s", over, actors=2)
     finally:
         ray.shutdown()
     n = table.num_rows
+
+    def steady(name: str) -> float:
+        s, start, first = runs[name]
+        return round((n - first) / max(s - start, 1e-9), 2)
+
+    pools_s, fused_s = runs["pools_s"][0], runs["fused_s"][0]
     print(json.dumps({
-        "rows": n, "cpus_physical": os.cpu_count(), "loop_s": round(loop_s, 2), "batched_s": round(batched_s, 2),
-        "pipeline_cold_s": round(cold_1, 2), "pipeline_warm_s": round(warm_1, 2), "pipeline_2_actors_s": round(warm_2, 2),
+        "rows": n, "block_rows": args.block_rows, "cpus_physical": os.cpu_count(), "fused_actors": args.fused_actors,
+        "loop_s": round(loop_s, 2), "batched_s": round(batched_s, 2),
+        **{k: round(v[0], 2) for k, v in runs.items()},
         "loop_rows_per_s": round(n / loop_s, 2), "batched_rows_per_s": round(n / batched_s, 2),
-        "pipeline_rows_per_s": round(n / warm_1, 2),
-        "ratio_pipeline_over_loop": round(loop_s / warm_1, 3), "ratio_pipeline_over_batched": round(batched_s / warm_1, 3),
-        "ratio_cold_pipeline_over_loop": round(loop_s / cold_1, 3),
+        "pools_rows_per_s": round(n / pools_s, 2), "fused_rows_per_s": round(n / fused_s, 2),
+        # (c) is the pipeline as a CPU node runs it (augment.layout=fused); the pools layout is what GPUs run
+        "ratio_pipeline_over_loop": round(loop_s / fused_s, 3), "ratio_pipeline_over_batched": round(batched_s / fused_s, 3),
+        "ratio_pools_over_loop": round(loop_s / pools_s, 3), "ratio_pools_over_batched": round(batched_s / pools_s, 3),
         # The first output block's arrival bounds start-up from above (it includes that block's own work).
-        "startup_share": round(warm_start / warm_1, 3),
-        "steady_rows_per_s": round((n - warm_first) / max(warm_1 - warm_start, 1e-9), 2),
-        "scaling_2_over_1_actors": round(warm_1 / warm_2, 3),
+        "startup_share": {k: round(v[1] / v[0], 3) for k, v in runs.items()},
+        "steady_rows_per_s": {k: steady(k) for k in runs},
     }))
 
 

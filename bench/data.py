@@ -58,7 +58,8 @@ def plain_loop(paths: list[Path], out: Path, max_post_chars: int) -> tuple[int, 
                           S.REC_RAW: pa.array(raw, pa.binary())})
         tables.append(parse_records(batch, {str(p): "carper"}, max_post_chars))
     parsed = pa.concat_tables(tables)
-    dups = find_duplicates(parsed.select([S.ID, S.REC_FILE, S.REC_LINE, S.REC_RANK, S.REASON]))
+    found = find_duplicates(parsed.select([S.ID, S.REC_FILE, S.REC_LINE, S.REC_RANK, S.REASON]))
+    dups = set(zip(found.column(S.REC_FILE).to_pylist(), found.column(S.REC_LINE).to_pylist(), strict=True))
     keep = [r == "" and (f, ln) not in dups for r, f, ln in zip(
         parsed.column(S.REASON).to_pylist(), parsed.column(S.REC_FILE).to_pylist(),
         parsed.column(S.REC_LINE).to_pylist(), strict=True)]

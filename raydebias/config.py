@@ -272,6 +272,23 @@ class AugmentConfig:
     )
     min_words: int = _f(3, "Reject candidates with fewer words (Section 4.2).")
     min_positives: int = _f(2, "Rows with fewer positives are untrainable (Section 5).")
+    layout: Literal["pools", "fused"] = _f(
+        "pools", "pools: one Ray Data actor pool per model stage on its own resources (SPEC §2; GPUs). fused: every "
+        "stage in each actor of ONE pool (augment.fused), each block through all of them: on CPU nodes one process "
+        "per core running the small models, with no hops between pools (bench/augment.py). Same rows either way.")
+    fused: OpResources = _f(
+        OpResources(num_gpus=1.0, num_cpus=1.0, actors=2, batch_size=16),
+        "The pool of layout=fused: each actor holds every model (num_gpus: the GPU fraction they share). Its "
+        "batch_size is not used: each stage keeps its own resources.batch_size.")
+    block_rows: int = _f(
+        256, "Source rows per block streamed through the pools (the unit Ray Data schedules; each pool cuts a "
+        "block into its resources.batch_size batches): small blocks let the pools work on different blocks at "
+        "once and reach a streamed trainer early, large ones cost less per call.")
+    rows_per_part: int = _f(
+        1024, "Augmented rows per part file of --stage augment (at least; the last part may be smaller): few "
+        "files for the bookkeeping passes at millions of rows; a kill redoes at most the parts being assembled. "
+        "Streamed into training (--stage augment+train), each finished block is written as it reaches the "
+        "trainer instead.")
     backtranslate: BacktranslateConfig = _f(BacktranslateConfig(), "Positive paraphrases via pivots.")
     toxic_rewrite: ToxicRewriteConfig = _f(ToxicRewriteConfig(), "GPT-Neo toxic rewrites (negatives).")
     low_confidence: LowConfidenceConfig = _f(LowConfidenceConfig(), "GPT2 inverse beam search (negatives).")
@@ -288,6 +305,8 @@ class AugmentConfig:
         _check(len(set(self.ops)) == len(self.ops), "augment.ops", "lists an op twice (each op runs once)", self.ops)
         _check(self.min_words >= 1, "augment.min_words", "must be >= 1", self.min_words)
         _check(self.min_positives >= 1, "augment.min_positives", "must be >= 1", self.min_positives)
+        _check(self.block_rows >= 1, "augment.block_rows", "must be >= 1", self.block_rows)
+        _check(self.rows_per_part >= 1, "augment.rows_per_part", "must be >= 1", self.rows_per_part)
 
 
 @dataclass
@@ -692,13 +711,14 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; int->float is the only silent conversion."""
+def _coerce(value: Any, tp: Any, key: str, proto: Any = None) -> Any:
+    """Check ``value`` against the annotation ``tp``; int->float is the only silent conversion. ``proto``:
+    the default a nested section has in its parent (its unset fields keep that default's values)."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping of {tp.__name__} fields, got {value!r}")
-        return _build(tp, value, key)
+        return _build(tp, value, key, proto)
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise ConfigError(f"{key} must be one of {_type_name(tp)}, got {value!r}")
@@ -762,9 +782,12 @@ RENAMED = {
 }
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+def _build(cls: type, values: dict[str, Any], prefix: str = "", proto: Any = None) -> Any:
+    """``cls`` from the given ``values``; fields not given take ``proto``'s values (the default this
+    section has in its parent, e.g. ``augment.toxicity.resources``' num_cpus=2), else ``cls``'s defaults."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    defaults = proto if proto is not None else cls()
     kwargs = {}
     for k, v in values.items():
         key = f"{prefix}.{k}" if prefix else str(k)
@@ -776,8 +799,9 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
             near = difflib.get_close_matches(str(k), names, n=1)
             hint = f"; did you mean {prefix + '.' if prefix else ''}{near[0]}?" if near else ""
             raise ConfigError(f"unknown config key {key!r}{hint} (valid: {', '.join(names)})")
-        kwargs[k] = _coerce(v, hints[k], key)
-    # Nested dataclasses given partially: fill the rest with that dataclass's defaults.
+        kwargs[k] = _coerce(v, hints[k], key, getattr(defaults, k))
+    if proto is not None:  # a nested section given partially: the rest as its parent's default has it
+        kwargs.update({n: _copy(getattr(proto, n)) for n in names if n not in kwargs})
     try:
         return cls(**kwargs)
     except ConfigError as e:

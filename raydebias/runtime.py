@@ -96,6 +96,21 @@ def init_ray(cfg: Config) -> dict[str, Any]:
     return {"address": address or "local", "mode": mode, "resources": ray.cluster_resources()}
 
 
+_REMOTES: dict[tuple, Any] = {}
+
+
+def remote(fn: Any, **options: Any) -> Any:
+    """``ray.remote(fn).options(**options)``, made once per (function, options): the plain Ray tasks of
+    the bookkeeping passes (a few per stage, each over many rows), where Ray Data's per-dataset
+    scheduling would cost more than the work (``stats_and_quarantine``, ``list_written``, the data stage's counts)."""
+    import ray
+
+    key = (fn, tuple(sorted(options.items())))
+    if key not in _REMOTES:
+        _REMOTES[key] = ray.remote(fn).options(**options) if options else ray.remote(fn)
+    return _REMOTES[key]
+
+
 def configure_data_context(cfg: Config) -> None:
     """This process's Ray Data settings: the driver's, and again in any process that builds datasets
     itself (a Ray Tune trial), since a DataContext does not travel to other processes."""
@@ -109,10 +124,15 @@ def configure_data_context(cfg: Config) -> None:
 
 
 def actor_pool(ds: Any, cls: type, resources: OpResources, use_gpu: bool, *, name: str | None = None,
-               constructor_kwargs: dict[str, Any] | None = None, batch_format: str = "pyarrow") -> Any:
+               constructor_kwargs: dict[str, Any] | None = None, batch_format: str = "pyarrow",
+               whole_blocks: bool = False) -> Any:
     """``ds.map_batches(cls)`` on an ``ActorPoolStrategy`` of ``resources.actors`` actors, each with
     ``resources.num_cpus`` CPUs and (when ``use_gpu``) ``resources.num_gpus`` GPUs, batches of
-    ``resources.batch_size``; ``cls(**constructor_kwargs)`` is built once per actor (the model loads once)."""
+    ``resources.batch_size``; ``cls(**constructor_kwargs)`` is built once per actor (the model loads once).
+
+    ``whole_blocks``: hand each block to one call as it is (``batch_size=None``) and let ``cls`` cut it
+    into ``resources.batch_size`` batches itself. Ray Data would otherwise bundle blocks smaller than a
+    batch with whichever block arrives next, so what lands in one batch would depend on scheduling."""
     from ray.data import ActorPoolStrategy
 
     gpus = resources.num_gpus if use_gpu else 0.0
@@ -120,6 +140,6 @@ def actor_pool(ds: Any, cls: type, resources: OpResources, use_gpu: bool, *, nam
         cls = type(name, (cls,), {})
     log.info("pool %-15s actors=%d num_cpus=%g num_gpus=%g batch_size=%d", name or cls.__name__, resources.actors,
              resources.num_cpus, gpus, resources.batch_size)
-    return ds.map_batches(cls, batch_format=batch_format, batch_size=resources.batch_size,
+    return ds.map_batches(cls, batch_format=batch_format, batch_size=None if whole_blocks else resources.batch_size,
                           compute=ActorPoolStrategy(size=resources.actors), num_cpus=resources.num_cpus,
                           num_gpus=gpus, fn_constructor_kwargs=constructor_kwargs or {})

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from support import SHARED_RUN_ARGS, SHARED_RUN_ROWS
 
@@ -120,3 +121,23 @@ def test_gpu_pools_on_a_cluster_without_gpus_fail_loudly_instead_of_hanging(tmp_
     assert r.returncode == 4, r.stderr[-3000:]
     assert "could not start within ray.wait_for_min_actors_s=5s" in r.stderr and "device=cpu" in r.stderr
     assert "Traceback" not in r.stderr.split("error: ")[-1]
+
+
+def test_the_fused_layout_gives_the_pools_layouts_rows(ray_local):
+    """augment.layout=fused (every stage in each actor of one pool) against the pools layout: the same
+    blocks give the same augmented rows, candidate for candidate (same batches, same seeds)."""
+    import ray.data
+
+    from raydebias.data import read_split
+
+    over = [*FAST, "augment.ops=[backtranslate,entity_swap,mask_fill]", "augment.fused.actors=2"]
+    cfg = load_config(SMOKE, over)
+    src = read_split("sample:tldr/train", "train", cfg.data, "train").kept.limit(10).to_arrow_refs()
+    table = pa.concat_tables(ray.get(src))
+    blocks = [table.slice(i, 4) for i in range(0, table.num_rows, 4)]  # 3 blocks, the last one short
+    got = {}
+    for layout in ("pools", "fused"):
+        lay = load_config(SMOKE, [*over, f"augment.layout={layout}"])
+        got[layout] = {r["id"]: r for r in build(ray.data.from_arrow(blocks), lay, use_gpu=False).take_all()}
+    assert len(got["pools"]) == table.num_rows and got["pools"] == got["fused"]
+    assert any(c["op"] == "mask_fill" for r in got["fused"].values() for c in r["negatives"])

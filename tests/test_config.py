@@ -199,3 +199,12 @@ def test_stage_dataclasses_exist_with_helps():
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name}"
             assert f.name in hints
+
+
+def test_a_section_set_in_part_keeps_the_rest_of_its_parents_default():
+    # augment.ner.resources defaults to num_cpus=2 in NerConfig (OpResources' own default is 1): setting
+    # only its batch size must not reset the CPUs to OpResources' default
+    cfg = load_config(None, ["augment.ner.resources.batch_size=64", "augment.fused.actors=3"])
+    assert (cfg.augment.ner.resources.num_cpus, cfg.augment.ner.resources.batch_size) == (2.0, 64)
+    assert (cfg.augment.fused.num_gpus, cfg.augment.fused.actors) == (1.0, 3)
+    assert load_config(None, []).augment.ner.resources.num_cpus == 2.0

@@ -133,9 +133,10 @@ def test_kept_rows_have_no_reason_and_one_row_per_input():
 def test_find_duplicates_keeps_best_rank_then_first_in_file_order():
     meta = pa.table({S.ID: ["a", "b", "a", "a", None], S.REC_FILE: ["f2", "f1", "f1", "f1", "f1"],
                      S.REC_LINE: [1, 1, 9, 3, 4], S.REC_RANK: [0, 0, 1, 1, 0], S.REASON: ["", "", "", "", "invalid_json"]})
-    dups = find_duplicates(meta)
+    dups = find_duplicates(meta).to_pylist()
     # rank 0 beats file order; among equal ranks f1:3 < f1:9
-    assert dups == {("f1", 9): "f2:1", ("f1", 3): "f2:1"}
+    assert sorted((d[S.REC_FILE], d[S.REC_LINE], d[S.REASON], d[S.DETAIL]) for d in dups) == [
+        ("f1", 3, "duplicate_id", "id 'a' already kept from f2:1"), ("f1", 9, "duplicate_id", "id 'a' already kept from f2:1")]
 
 
 # --- locating and detecting ----------------------------------------------------------------------
@@ -359,7 +360,7 @@ def test_held_out_overlap_can_fail_the_stage_instead(ray_local, tmp_path):
     from raydebias.data import TrainKeys
 
     with pytest.raises(DataError, match=r"2 held-out rows overlap the training rows.*data.eval_overlap=drop"):
-        read_split(str(held_out), "test", cfg, "eval", train=TrainKeys.of(keys))
+        read_split(str(held_out), "test", cfg, "eval", train=keys)
     # nothing shared: nothing quarantined, whatever the mode
-    res = read_split(str(held_out), "test", cfg, "eval", train=TrainKeys(set(), {}))
+    res = read_split(str(held_out), "test", cfg, "eval", train=TrainKeys.empty())
     assert res.stats["quarantined"] == 0 and res.keys is None

@@ -11,13 +11,17 @@ spans and toxicity belong to the exact text that is stored (augment/clean.py). E
 ``map_batches`` actor pool (model loaded once per actor) with the CPU count, GPU fraction, batch size
 and size of its ``augment.<section>.resources``; the pools stream into each other. Whether pools ask
 for GPUs comes from ``device`` (never from the cluster's current resources, ENV.md HANG 1) and pools
-that cannot start fail after ``ray.wait_for_min_actors_s`` instead of waiting forever.
+that cannot start fail after ``ray.wait_for_min_actors_s`` instead of waiting forever. Sources arrive in
+blocks of ``augment.block_rows`` rows and each pool cuts a block into its own batches (:func:`in_batches`),
+so a row's batch never depends on scheduling. ``augment.layout=fused`` instead runs every stage in each
+actor of one pool (:class:`FusedActor`: one process per core on CPU nodes), with the same rows out.
 
 Outputs (``raydebias.outputs.RunDir``): ``augmented/`` (one row per source, AUGMENTED_SCHEMA, written
 part by part as blocks finish), ``quarantine/augment/`` (rows with too few positives to train, with why)
-and ``stats.json["augment"]`` (augment/stats.py). A re-run skips sources already written
-(augment/resume.py). Streamed into training (``--stage all``): :func:`augment_stream` hands the same
-pools' output to the trainer as a lazy dataset, writing each finished batch on the way (augment/stream.py).
+and ``stats.json["augment"]`` (augment/stats.py: Ray tasks over the parts, nothing per row on the driver).
+A re-run skips sources already written (augment/resume.py: their ids broadcast to the source readers).
+Streamed into training (``--stage all``): :func:`augment_stream` hands the same pools' output to the
+trainer as a lazy dataset, writing each finished block on the way (augment/stream.py).
 """
 
 from __future__ import annotations
@@ -29,25 +33,15 @@ from typing import Any
 import pyarrow as pa
 
 from raydebias import schema as S
-from raydebias.augment.candidates import DROPS
 from raydebias.augment.clean import (
     AUGMENTED_SCHEMA,
-    POSITIVES,
-    TRAINABLE,
     Finalize,
     FinalizeRules,
     add_reference,
 )
-from raydebias.augment.resume import (
-    AugmentRun,
-    SkipWritten,
-    augment_complete,
-    finished_ids,
-    prepare_augment,
-    unwritten,
-)
+from raydebias.augment.resume import AugmentRun, augment_complete, list_written, prepare_augment, unwritten
 from raydebias.augment.stage import stage_classes, stage_order
-from raydebias.augment.stats import count_batch, iter_parts, merge_counts, stats_of, untrainable_to_quarantine
+from raydebias.augment.stats import count_batch, merge_counts, stats_and_quarantine
 from raydebias.augment.stream import write_part
 from raydebias.config import AugmentConfig, Config
 from raydebias.errors import PoolStartError
@@ -62,24 +56,70 @@ def model_stages(cfg: AugmentConfig) -> tuple[str, ...]:
 
 def pool_cpus(cfg: AugmentConfig) -> float:
     """CPUs the augmentation pools hold when they all run (streamed into training, for its resource check)."""
+    if cfg.layout == "fused":
+        return cfg.fused.num_cpus * cfg.fused.actors
     classes = stage_classes()
     return sum(classes[s].resources(cfg).num_cpus * classes[s].resources(cfg).actors for s in model_stages(cfg))
 
 
 class StageActor:
-    """The Ray adapter of one stage: resolves its device in its own process, builds the stage once."""
+    """The Ray adapter of one stage: resolves its device in its own process, builds the stage once, and
+    cuts each block it is handed into batches of ``batch_size`` rows (in order: a row's batch depends only
+    on its block, which the source read fixes, never on scheduling; ops seed per batch)."""
 
-    def __init__(self, stage: str, cfg: AugmentConfig, use_gpu: bool, seed: int, threads: int, cls: type):
+    def __init__(self, stage: str, cfg: AugmentConfig, use_gpu: bool, seed: int, threads: int, cls: type,
+                 batch_size: int):
         import torch
 
         from raydebias.models import actor_device
 
         torch.set_num_threads(max(1, threads))
-        self.stage = stage
+        self.stage, self.batch_size = stage, batch_size
         self.fn = cls.from_config(cfg, device=actor_device(use_gpu), seed=seed)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.fn(batch)
+    def __call__(self, block: pa.Table) -> pa.Table:
+        return in_batches(self.fn, block, self.batch_size)
+
+
+def in_batches(fn: Any, block: pa.Table, batch_size: int) -> pa.Table:
+    """``fn`` over ``block`` cut into batches of ``batch_size`` rows, in order (THE batching of both layouts)."""
+    if block.num_rows <= batch_size:
+        return fn(block)
+    return pa.concat_tables([fn(block.slice(i, batch_size)) for i in range(0, block.num_rows, batch_size)],
+                            promote_options="default")
+
+
+# A stage without a model runs on the whole block (cleaning, finalize): no batch size of its own.
+WHOLE_BLOCK = 1 << 62
+
+
+class FusedActor:
+    """``augment.layout=fused``: EVERY stage in one actor, each block taken through all of them in turn
+    (add_reference and finalize included), each stage on its own ``resources.batch_size`` batches.
+
+    On CPUs this is one process per core running all the small models: no hop between pools, and no pool
+    left waiting on a slower one (each actor does all of the work of its blocks). Its output equals the
+    pools layout's row for row: the same stages, the same batches of the same blocks, the same seeds."""
+
+    def __init__(self, cfg: AugmentConfig, use_gpu: bool, seed: int, threads: int, classes: dict[str, type]):
+        import torch
+
+        from raydebias.models import actor_device
+
+        torch.set_num_threads(max(1, threads))
+        device = actor_device(use_gpu)
+        self.stages = []
+        for name in stage_order(cfg, classes):
+            cls, res = classes[name], classes[name].resources(cfg)
+            fn = cls.from_config(cfg, device=device, seed=seed) if res is not None else cls.from_config(cfg)
+            self.stages.append((fn, res.batch_size if res is not None else WHOLE_BLOCK))
+        self.finalize = Finalize(FinalizeRules.from_config(cfg))
+
+    def __call__(self, block: pa.Table) -> pa.Table:
+        block = add_reference(block)
+        for fn, batch_size in self.stages:
+            block = in_batches(fn, block, batch_size)
+        return self.finalize(block)
 
 
 def run_task_stage(batch: pa.Table, cls: type, cfg: AugmentConfig) -> pa.Table:
@@ -87,17 +127,29 @@ def run_task_stage(batch: pa.Table, cls: type, cfg: AugmentConfig) -> pa.Table:
     return cls.from_config(cfg)(batch)
 
 
+def finalize_batch(batch: pa.Table, rules: FinalizeRules) -> pa.Table:
+    """:class:`Finalize` as a stateless task: it scales out with the blocks instead of queueing on one actor."""
+    return Finalize(rules)(batch)
+
+
 def build(sources: Any, cfg: Config, use_gpu: bool, classes: dict[str, type] | None = None) -> Any:
     """Source rows (Ray dataset) -> augmented rows (lazy Ray dataset, AUGMENTED_SCHEMA). Streams.
 
-    ``classes`` replaces stage classes by name (fault injection in tests, custom ops).
+    ``augment.layout``: ``pools`` (one actor pool per model stage, each on its own resources and GPU
+    fraction; stages without a model as tasks between them) or ``fused`` (:class:`FusedActor`: every
+    stage in each actor of one pool, ``augment.fused``'s resources). Both cut blocks into each stage's
+    batches the same way, so they give the same rows. ``classes`` replaces stage classes by name (fault
+    injection in tests, custom ops, bench/scale.py's trivial stages).
     """
-    from ray.data import ActorPoolStrategy
-
     from raydebias.runtime import actor_pool
 
     a = cfg.augment
     classes = {**stage_classes(), **(classes or {})}
+    if a.layout == "fused":
+        res = a.fused
+        return actor_pool(sources, FusedActor, res, use_gpu, name="fused", whole_blocks=True, constructor_kwargs={
+            "cfg": a, "use_gpu": use_gpu and res.num_gpus > 0, "seed": cfg.seed, "threads": int(res.num_cpus),
+            "classes": classes})
     ds = sources.map_batches(add_reference, batch_format="pyarrow", num_cpus=0.1)
     for stage in stage_order(a, classes):
         cls = classes[stage]
@@ -106,11 +158,11 @@ def build(sources: Any, cfg: Config, use_gpu: bool, classes: dict[str, type] | N
             ds = ds.map_batches(run_task_stage, batch_format="pyarrow", num_cpus=0.1,
                                 fn_kwargs={"cls": cls, "cfg": a})
             continue
-        ds = actor_pool(ds, StageActor, res, use_gpu, name=stage, constructor_kwargs={
+        ds = actor_pool(ds, StageActor, res, use_gpu, name=stage, whole_blocks=True, constructor_kwargs={
             "stage": stage, "cfg": a, "use_gpu": use_gpu and res.num_gpus > 0, "seed": cfg.seed,
-            "threads": int(res.num_cpus), "cls": cls})
-    return ds.map_batches(Finalize, batch_format="pyarrow", num_cpus=0.1, compute=ActorPoolStrategy(size=1),
-                          fn_constructor_args=(FinalizeRules.from_config(a),))
+            "threads": int(res.num_cpus), "cls": cls, "batch_size": res.batch_size})
+    return ds.map_batches(finalize_batch, batch_format="pyarrow", num_cpus=0.1,
+                          fn_kwargs={"rules": FinalizeRules.from_config(a)})
 
 
 def augment_stream(cfg: Config, out: Any, run: AugmentRun, written: Any) -> Any:
@@ -121,12 +173,9 @@ def augment_stream(cfg: Config, out: Any, run: AugmentRun, written: Any) -> Any:
     ``DIR/augmented`` (:func:`write_part`). Both halves decide what is done at execution time, so a
     re-execution (a worker restart) neither loses nor repeats a row. Call :func:`finish_augment` after.
     """
-    import ray.data
-
     dest = out.augmented_dir
     dest.mkdir(parents=True, exist_ok=True)
-    src = out.sources_dir("train")
-    sources = unwritten(ray.data.read_parquet(src.path, filesystem=src.fs), dest)
+    sources = unwritten(out.sources_dir("train"), dest, cfg.augment.block_rows)
     fresh = build(sources, cfg, run.gpu).map_batches(write_part, batch_format="pyarrow", num_cpus=0.1,
                                                      fn_kwargs={"dest": dest})
     return written.union(fresh)
@@ -138,6 +187,8 @@ def pool_start_error(cfg: Config, gpu: bool, e: BaseException) -> PoolStartError
         return None
     classes = stage_classes()
     res = {st: classes[st].resources(cfg.augment) for st in model_stages(cfg.augment)}
+    if cfg.augment.layout == "fused":
+        res = {"fused": cfg.augment.fused}
     pools = ", ".join(f"{st}(num_cpus={r.num_cpus:g}, num_gpus={r.num_gpus if gpu else 0:g})" for st, r in res.items())
     return PoolStartError(
         f"an augmentation actor pool could not start within ray.wait_for_min_actors_s="
@@ -147,28 +198,38 @@ def pool_start_error(cfg: Config, gpu: bool, e: BaseException) -> PoolStartError
 
 
 def finish_augment(cfg: Config, out: Any, run: AugmentRun) -> dict[str, Any]:
-    """Counts over ``DIR/augmented`` (rows in = rows out, asserted), quarantine of untrainable rows, stats."""
+    """Counts over ``DIR/augmented`` (rows in = rows out, asserted; no id twice), quarantine of untrainable
+    rows and stats: Ray tasks over groups of parts, nothing per row on the driver (augment/stats.py)."""
+    import ray
+
     dest = out.augmented_dir
-    stats = stats_of(dest, run.rows_in)
+    t0 = time.perf_counter()
+    written = ray.get(list_written(dest).count)  # also refuses an id written twice
+    with out.quarantine_dir("augment").replacing() as q:
+        stats = stats_and_quarantine(dest, run.rows_in, q, cfg.augment.min_positives)
+        if not q.glob("*.parquet"):  # no untrainable row: an empty table, so readers find the schema
+            (q / "empty.parquet").write_parquet(S.QUARANTINE_SCHEMA.empty_table())
     stats["seconds"] = round(time.perf_counter() - run.t0, 2)
-    stats["resumed_from"] = len(run.done)
-    if stats["rows_out"] != run.rows_in:
+    stats["seconds_bookkeeping"] = round(time.perf_counter() - t0 + run.seconds_prepare, 2)
+    stats["resumed_from"] = run.done
+    if not stats["rows_out"] == written == run.rows_in:
         raise AssertionError(f"augment: {run.rows_in} source rows in but {stats['rows_out']} augmented rows out")
-    q = [untrainable_to_quarantine(pa.Table.from_batches([b]), cfg.augment.min_positives)
-         for b in iter_parts(dest, [S.ID, TRAINABLE, POSITIVES, DROPS])]
-    out.write_table(pa.concat_tables(q) if q else S.QUARANTINE_SCHEMA.empty_table(), out.quarantine_dir("augment"))
     out.update_stats("augment", stats)
     return stats
 
 
-def run_augment_stage(cfg: Config, out: Any) -> dict[str, Any]:
-    """Augment ``DIR/data/sources`` into ``DIR/augmented`` (resuming), then write quarantine and stats."""
+def run_augment_stage(cfg: Config, out: Any, classes: dict[str, type] | None = None) -> dict[str, Any]:
+    """Augment ``DIR/data/sources`` into ``DIR/augmented`` (resuming), then write quarantine and stats.
+    ``classes`` replaces stage classes by name (as in :func:`build`; bench/scale.py's trivial ops)."""
     run = prepare_augment(cfg, out)
     if run.pending is not None:
         dest = out.augmented_dir
         dest.mkdir(parents=True, exist_ok=True)
         try:
-            build(run.pending, cfg, run.gpu).write_parquet(dest.path, filesystem=dest.fs,
+            # Parts of augment.rows_per_part rows: few files for the bookkeeping passes at millions of rows;
+            # a kill loses at most the parts being assembled (their rows are redone on resume).
+            build(run.pending, cfg, run.gpu, classes).write_parquet(dest.path, filesystem=dest.fs,
+                                                            min_rows_per_file=cfg.augment.rows_per_part,
                                                             ray_remote_args={"num_cpus": 0.1})
         except Exception as e:
             if (err := pool_start_error(cfg, run.gpu, e)) is not None:
@@ -179,7 +240,7 @@ def run_augment_stage(cfg: Config, out: Any) -> dict[str, Any]:
 
 # The stage entry points (raydebias/stages.py) and, re-exported, the names that lived here before the
 # split into resume / stats / stream.
-__all__ = ["AUGMENTED_SCHEMA", "AugmentRun", "SkipWritten", "StageActor", "augment_complete",
-           "augment_stream", "build", "count_batch", "finish_augment", "finished_ids", "merge_counts",
+__all__ = ["AUGMENTED_SCHEMA", "AugmentRun", "StageActor", "augment_complete",
+           "augment_stream", "build", "count_batch", "finalize_batch", "finish_augment", "list_written", "merge_counts",
            "model_stages", "pool_cpus", "pool_start_error", "prepare_augment", "run_augment_stage",
            "stage_classes", "stage_order", "write_part"]

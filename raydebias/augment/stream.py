@@ -13,10 +13,9 @@ import hashlib
 import pyarrow as pa
 
 from raydebias import schema as S
-from raydebias.augment.resume import SkipWritten  # noqa: F401  (re-exported)
 from raydebias.storage import StoragePath
 
-__all__ = ["SkipWritten", "write_part"]
+__all__ = ["write_part"]
 
 
 def write_part(batch: pa.Table, dest: StoragePath) -> pa.Table:

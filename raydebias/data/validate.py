@@ -70,57 +70,67 @@ def parse_records(batch: pa.Table, layouts: dict[str, str], max_post_chars: int)
 
 
 META_COLUMNS = [S.ID, S.REC_FILE, S.REC_LINE, S.REC_RANK, S.REASON]
+# Valid rows that a check across rows sends to quarantine (duplicate ids, held-out rows overlapping the
+# training rows): Arrow tables, small next to the rows, merged in tasks and broadcast to the writers.
+DECISION_SCHEMA = pa.schema([pa.field(S.REC_FILE, pa.string()), pa.field(S.REC_LINE, pa.int64()),
+                             pa.field(S.REASON, pa.string()), pa.field(S.DETAIL, pa.string())])
 
 
-def find_duplicates(meta: pa.Table) -> dict[tuple[str, int], str]:
-    """Valid rows sharing an id -> {(file, line): "file:line of the kept row"} for all but the best.
+def decision_keys(files: Any, lines: Any) -> pa.Array:
+    """One string per (file, line): how a row is matched to its decision (the pair names a record)."""
+    return pa.compute.binary_join_element_wise(files, pa.compute.cast(lines, pa.string()), "\x1f")
+
+
+def find_duplicates(meta: pa.Table) -> pa.Table:
+    """Valid rows sharing an id -> a :data:`DECISION_SCHEMA` table (``duplicate_id``, naming the kept
+    row's ``file:line``) for all but the best row of each id.
 
     The best row has the lowest (rank, file, line): deterministic, whatever order blocks arrive in.
-    ``meta`` holds only :data:`META_COLUMNS`, so this runs on the driver even for millions of rows.
+    ``meta`` holds only :data:`META_COLUMNS` (a task merges them from every block; Arrow kernels, no
+    per-row Python).
     """
     valid = meta.filter(pa.compute.equal(meta.column(S.REASON), ""))
     if valid.num_rows == 0:
-        return {}
+        return DECISION_SCHEMA.empty_table()
     valid = valid.sort_by([(S.ID, "ascending"), (S.REC_RANK, "ascending"), (S.REC_FILE, "ascending"),
-                           (S.REC_LINE, "ascending")])
-    ids = valid.column(S.ID).to_pylist()
-    files = valid.column(S.REC_FILE).to_pylist()
-    lines = valid.column(S.REC_LINE).to_pylist()
-    dups: dict[tuple[str, int], str] = {}
-    kept_at = ""
-    for i, rid in enumerate(ids):
-        if i and rid == ids[i - 1]:
-            dups[(files[i], lines[i])] = kept_at
-        else:
-            kept_at = f"{files[i]}:{lines[i]}"
-    return dups
+                           (S.REC_LINE, "ascending")]).combine_chunks()
+    ids = valid.column(S.ID).chunk(0) if valid.column(S.ID).num_chunks else pa.array([], pa.string())
+    n = len(ids)
+    # a row starts its id's run unless it repeats the previous row's id
+    same = pa.compute.equal(ids.slice(1), ids.slice(0, n - 1))
+    starts = pa.concat_arrays([pa.array([True]), pa.compute.invert(same)])
+    at = pa.compute.binary_join_element_wise(valid.column(S.REC_FILE), pa.compute.cast(valid.column(S.REC_LINE),
+                                                                                       pa.string()), ":")
+    # the kept row of each run: its start's file:line, carried forward over the run
+    kept_at = pa.compute.fill_null_forward(pa.compute.if_else(starts, at, pa.scalar(None, pa.string())))
+    dup = pa.compute.invert(starts)
+    detail = pa.compute.binary_join_element_wise(
+        "id '", valid.column(S.ID), "' already kept from ", kept_at, "")
+    return pa.Table.from_arrays(
+        [valid.column(S.REC_FILE).filter(dup), valid.column(S.REC_LINE).filter(dup),
+         pa.array(["duplicate_id"] * pa.compute.sum(pa.compute.cast(dup, pa.int64())).as_py(), pa.string()),
+         detail.filter(dup)], schema=DECISION_SCHEMA)
 
 
-def split_parsed(batch: pa.Table, dups: dict[tuple[str, int], str], keep: bool, split_name: str = "",
-                 overlaps: dict[tuple[str, int], str] | None = None) -> pa.Table:
+def split_parsed(batch: pa.Table, decisions: pa.Table, keep: bool, split_name: str = "") -> pa.Table:
     """Parsed rows -> the kept source rows (``keep=True``) or the quarantine rows (``keep=False``).
-    ``dups`` and ``overlaps`` ({(file, line): detail}) name valid rows quarantined as ``duplicate_id`` /
-    ``overlaps_train``."""
-    overlaps = overlaps or {}
-    files = batch.column(S.REC_FILE).to_pylist()
-    lines = batch.column(S.REC_LINE).to_pylist()
-    reasons = batch.column(S.REASON).to_pylist()
-    is_dup = [(f, ln) in dups or (f, ln) in overlaps for f, ln in zip(files, lines, strict=True)]
+    ``decisions`` (:data:`DECISION_SCHEMA`) names the valid rows quarantined by a check across rows
+    (``duplicate_id``, ``overlaps_train``), matched by (file, line)."""
+    at = pa.compute.index_in(decision_keys(batch.column(S.REC_FILE), batch.column(S.REC_LINE)),
+                             value_set=decision_keys(decisions.column(S.REC_FILE), decisions.column(S.REC_LINE)))
+    decided = pa.compute.is_valid(at)
+    parse_ok = pa.compute.equal(batch.column(S.REASON), "")
     if keep:
-        mask = pa.array([r == "" and not d for r, d in zip(reasons, is_dup, strict=True)])
+        mask = pa.compute.and_(parse_ok, pa.compute.invert(decided))
         return batch.filter(mask).select(list(S.SOURCE_COLUMNS)).cast(S.SOURCE_SCHEMA)
-    mask = [r != "" or d for r, d in zip(reasons, is_dup, strict=True)]
-    q = batch.filter(pa.array(mask))
-    qfiles, qlines = q.column(S.REC_FILE).to_pylist(), q.column(S.REC_LINE).to_pylist()
+    q = batch.filter(pa.compute.or_(pa.compute.invert(parse_ok), decided))
+    at = at.filter(pa.compute.or_(pa.compute.invert(parse_ok), decided))
     reason, detail, raw = q.column(S.REASON).to_pylist(), q.column(S.DETAIL).to_pylist(), q.column(S.RAW).to_pylist()
-    ids = q.column(S.ID).to_pylist()
-    for i, key in enumerate(zip(qfiles, qlines, strict=True)):
-        if reason[i] or (key not in dups and key not in overlaps):
+    where = at.to_pylist()
+    for i, d in enumerate(where):
+        if reason[i] or d is None:
             continue
-        if key in dups:
-            reason[i], detail[i] = "duplicate_id", f"id {ids[i]!r} already kept from {dups[key]}"
-        else:
-            reason[i], detail[i] = OVERLAPS_TRAIN, overlaps[key]
+        reason[i], detail[i] = decisions.column(S.REASON)[d].as_py(), decisions.column(S.DETAIL)[d].as_py()
         # the row's content, re-encoded, so nothing is lost
         raw[i] = json.dumps({k: q.column(k)[i].as_py() for k in S.SOURCE_COLUMNS}, ensure_ascii=False)
     n = q.num_rows
@@ -132,6 +142,42 @@ def split_parsed(batch: pa.Table, dups: dict[tuple[str, int], str], keep: bool, 
          q.column(S.ID), pa.array(raw, pa.string())],
         schema=S.QUARANTINE_SCHEMA,
     )
+
+
+def count_block(batch: pa.Table, decisions: pa.Table) -> dict[str, Any]:
+    """Per file: rows in, kept, quarantined; and quarantined rows per reason, of one block of parsed rows
+    (merged by :func:`merge_block_counts`; Arrow group-bys, no per-row Python)."""
+    at = pa.compute.index_in(decision_keys(batch.column(S.REC_FILE), batch.column(S.REC_LINE)),
+                             value_set=decision_keys(decisions.column(S.REC_FILE), decisions.column(S.REC_LINE)))
+    reason = pa.compute.if_else(
+        pa.compute.and_(pa.compute.equal(batch.column(S.REASON), ""), pa.compute.is_valid(at)),
+        pa.compute.take(decisions.column(S.REASON), pa.compute.fill_null(at, 0)) if decisions.num_rows
+        else pa.nulls(batch.num_rows, pa.string()), batch.column(S.REASON))
+    t = pa.table({"f": batch.column(S.REC_FILE), "r": reason})
+    files: dict[str, dict[str, int]] = {}
+    by_reason: dict[str, int] = {}
+    for row in t.group_by(["f", "r"]).aggregate([([], "count_all")]).to_pylist():
+        f = files.setdefault(row["f"], {"rows_in": 0, "kept": 0, "quarantined": 0})
+        f["rows_in"] += row["count_all"]
+        if row["r"]:
+            f["quarantined"] += row["count_all"]
+            by_reason[row["r"]] = by_reason.get(row["r"], 0) + row["count_all"]
+        else:
+            f["kept"] += row["count_all"]
+    return {"files": files, "by_reason": by_reason}
+
+
+def merge_block_counts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    files: dict[str, dict[str, int]] = {}
+    by_reason: dict[str, int] = {}
+    for p in parts:
+        for name, c in p["files"].items():
+            f = files.setdefault(name, {"rows_in": 0, "kept": 0, "quarantined": 0})
+            for k in f:
+                f[k] += c[k]
+        for r, n in p["by_reason"].items():
+            by_reason[r] = by_reason.get(r, 0) + n
+    return {"files": files, "by_reason": by_reason}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -161,26 +207,41 @@ def row_keys(batch: pa.Table) -> pa.Table:
 
 @dataclass
 class TrainKeys:
-    """The training rows' ids and post keys (:func:`post_key`), each mapped to a training id to name."""
+    """The training rows' ids and post keys (:func:`post_key`), aligned: ``posts[i]`` is the post of
+    training row ``ids[i]``. Arrow arrays, built by a task and broadcast (never per row on the driver)."""
 
-    ids: set[str]
-    posts: dict[str, str]
+    ids: pa.Array
+    posts: pa.Array
 
     @classmethod
     def of(cls, keys: pa.Table) -> TrainKeys:
-        ids = keys.column(S.ID).to_pylist()
-        return cls(set(ids), dict(zip(keys.column("post_key").to_pylist(), ids, strict=True)))
+        keys = keys.combine_chunks()
+        col = [keys.column(c).chunk(0) if keys.column(c).num_chunks else pa.array([], pa.string())
+               for c in (S.ID, "post_key")]
+        return cls(*col)
+
+    @classmethod
+    def empty(cls) -> TrainKeys:
+        return cls(pa.array([], pa.string()), pa.array([], pa.string()))
 
 
-def find_overlaps(keys: pa.Table, dups: dict[tuple[str, int], str], train: TrainKeys) -> dict[tuple[str, int], str]:
-    """Held-out rows (``keys`` of :func:`row_keys`) whose id or post is a training row's ->
-    {(file, line): why}. Rows already quarantined as duplicates keep that reason."""
-    out: dict[tuple[str, int], str] = {}
-    for f, ln, rid, pk in zip(*(keys.column(c).to_pylist() for c in KEY_SCHEMA.names), strict=True):
-        if (f, ln) in dups:
-            continue
-        if rid in train.ids:
-            out[(f, ln)] = f"id {rid!r} is also a training row"
-        elif pk in train.posts:
-            out[(f, ln)] = f"its post is also the post of training row {train.posts[pk]!r}"
-    return out
+def find_overlaps(keys: pa.Table, dups: pa.Table, train: TrainKeys) -> pa.Table:
+    """Held-out rows (``keys`` of :func:`row_keys`) whose id or post is a training row's -> a
+    :data:`DECISION_SCHEMA` table (``overlaps_train``, saying why). Rows already quarantined as
+    duplicates (``dups``) keep that reason."""
+    if keys.num_rows == 0:
+        return DECISION_SCHEMA.empty_table()
+    is_dup = pa.compute.is_in(decision_keys(keys.column(S.REC_FILE), keys.column(S.REC_LINE)),
+                              value_set=decision_keys(dups.column(S.REC_FILE), dups.column(S.REC_LINE)))
+    id_hit = pa.compute.is_in(keys.column(S.ID), value_set=train.ids)
+    post_at = pa.compute.index_in(keys.column("post_key"), value_set=train.posts)
+    hit = pa.compute.and_(pa.compute.invert(is_dup), pa.compute.or_(id_hit, pa.compute.is_valid(post_at)))
+    k = keys.filter(hit)
+    id_hit, post_at = id_hit.filter(hit), post_at.filter(hit)
+    post_ids = pa.compute.take(train.ids, post_at) if len(train.ids) else pa.nulls(k.num_rows, pa.string())
+    detail = pa.compute.if_else(
+        id_hit, pa.compute.binary_join_element_wise("id '", k.column(S.ID), "' is also a training row", ""),
+        pa.compute.binary_join_element_wise("its post is also the post of training row '", post_ids, "'", ""))
+    return pa.Table.from_arrays([k.column(S.REC_FILE), k.column(S.REC_LINE),
+                                 pa.array([OVERLAPS_TRAIN] * k.num_rows, pa.string()), detail],
+                                schema=DECISION_SCHEMA)
