@@ -278,8 +278,9 @@ class AugmentConfig:
         "per core running the small models, with no hops between pools (bench/augment.py). Same rows either way.")
     fused: OpResources = _f(
         OpResources(num_gpus=1.0, num_cpus=1.0, actors=2, batch_size=16),
-        "The pool of layout=fused: each actor holds every model (num_gpus: the GPU fraction they share). Its "
-        "batch_size is not used: each stage keeps its own resources.batch_size.")
+        "The pool of layout=fused: each actor holds every model (num_gpus: the GPU fraction they share). Each "
+        "stage keeps its own resources.batch_size; this batch_size is the rows per call only when the pool asks "
+        "for GPUs (Ray Data requires one then; on CPU a call takes a whole block).")
     block_rows: int = _f(
         256, "Source rows per block streamed through the pools (the unit Ray Data schedules; each pool cuts a "
         "block into its resources.batch_size batches): small blocks let the pools work on different blocks at "

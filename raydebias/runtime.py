@@ -132,7 +132,10 @@ def actor_pool(ds: Any, cls: type, resources: OpResources, use_gpu: bool, *, nam
 
     ``whole_blocks``: hand each block to one call as it is (``batch_size=None``) and let ``cls`` cut it
     into ``resources.batch_size`` batches itself. Ray Data would otherwise bundle blocks smaller than a
-    batch with whichever block arrives next, so what lands in one batch would depend on scheduling."""
+    batch with whichever block arrives next, so what lands in one batch would depend on scheduling. Ray
+    Data refuses ``batch_size=None`` for a pool that asks for GPUs: such a pool gets batches of
+    ``resources.batch_size`` (a block's last, short batch may then share a call with the next block's
+    first rows; batched GPU generation is not bit-reproducible across batch shapes anyway)."""
     from ray.data import ActorPoolStrategy
 
     gpus = resources.num_gpus if use_gpu else 0.0
@@ -140,6 +143,7 @@ def actor_pool(ds: Any, cls: type, resources: OpResources, use_gpu: bool, *, nam
         cls = type(name, (cls,), {})
     log.info("pool %-15s actors=%d num_cpus=%g num_gpus=%g batch_size=%d", name or cls.__name__, resources.actors,
              resources.num_cpus, gpus, resources.batch_size)
-    return ds.map_batches(cls, batch_format=batch_format, batch_size=None if whole_blocks else resources.batch_size,
+    blocks = whole_blocks and gpus == 0
+    return ds.map_batches(cls, batch_format=batch_format, batch_size=None if blocks else resources.batch_size,
                           compute=ActorPoolStrategy(size=resources.actors), num_cpus=resources.num_cpus,
                           num_gpus=gpus, fn_constructor_kwargs=constructor_kwargs or {})

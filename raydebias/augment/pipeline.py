@@ -12,8 +12,9 @@ spans and toxicity belong to the exact text that is stored (augment/clean.py). E
 and size of its ``augment.<section>.resources``; the pools stream into each other. Whether pools ask
 for GPUs comes from ``device`` (never from the cluster's current resources, ENV.md HANG 1) and pools
 that cannot start fail after ``ray.wait_for_min_actors_s`` instead of waiting forever. Sources arrive in
-blocks of ``augment.block_rows`` rows and each pool cuts a block into its own batches (:func:`in_batches`),
-so a row's batch never depends on scheduling. ``augment.layout=fused`` instead runs every stage in each
+blocks of ``augment.block_rows`` rows and each CPU pool cuts a block into its own batches
+(:func:`in_batches`), so a row's batch never depends on scheduling (GPU pools take Ray Data's batches:
+``runtime.actor_pool``). ``augment.layout=fused`` instead runs every stage in each
 actor of one pool (:class:`FusedActor`: one process per core on CPU nodes), with the same rows out.
 
 Outputs (``raydebias.outputs.RunDir``): ``augmented/`` (one row per source, AUGMENTED_SCHEMA, written
