@@ -7,11 +7,11 @@
 (b) batched: one process running the same stages on batches of each stage's ``resources.batch_size``
     rows, no Ray: the limit of this box for these models (no serialisation, no scheduling);
 (c) the pipeline: ``raydebias.augment.pipeline.build`` in both layouts: ``pools`` (one Ray Data actor
-    pool per model, blocks streamed between pools; cold, then again) and ``fused`` (every stage in each
+    pool per model, blocks streamed between pools; with ``--cold`` a first cold run too) and ``fused`` (every stage in each
     actor of one pool, one actor per core: what a CPU node runs, ``augment.layout=fused``); with
     ``--two-actors`` also the pools layout with 2 actors per pool.
 All use the smoke config's tiny models and the shipped sample rows; load time is excluded from (a) and
-(b). Prints rows/s of each, Ray Data's per-operator stats of the second pools run and of the fused run,
+(b). Prints rows/s of each, Ray Data's per-operator stats of the pools run and of the fused run,
 and a final JSON line with ``ratio_pipeline_over_loop`` ((c)/(a) in rows/s, (c) = the fused layout) and
 ``ratio_pipeline_over_batched`` ((c)/(b)), the same ratios of the pools layout, each run's start-up share
 (time to its first output block) and steady rows/s after it.
@@ -130,6 +130,7 @@ def main() -> None:
     ap.add_argument("--fused-actors", type=int, default=os.cpu_count() or 2,
                     help="actors of the fused layout (default: one per core)")
     ap.add_argument("--two-actors", action="store_true", help="also run the pools layout with 2 actors per pool")
+    ap.add_argument("--cold", action="store_true", help="also a first, cold pools run (the cluster's first workers)")
     args = ap.parse_args()
 
     import ray
@@ -157,7 +158,8 @@ def main() -> None:
 
         # Every build() starts its own pools (actors, model loads): a second run saves only the cluster's worker
         # processes and the OS file cache.
-        run("pools_cold_s", over)
+        if args.cold:
+            run("pools_cold_s", over)
         run("pools_s", over, stats=True)
         run("fused_s", fused, stats=True)
         if args.two_actors:

@@ -34,27 +34,16 @@ import time
 import zlib
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("RAYDEBIAS_PROGRESS", "0")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+from common import REPO, emit
 
-
-from raydebias.augment.annotate import AnnotateCandidates, AnnotateEntities, ScoreToxicity  # noqa: E402
-from raydebias.augment.backtranslate import Backtranslate  # noqa: E402
-from raydebias.augment.candidates import candidate, drop  # noqa: E402
-from raydebias.augment.entity_swap import EntitySwap  # noqa: E402
-from raydebias.augment.low_confidence import LowConfidence  # noqa: E402
-from raydebias.augment.mask_fill import MaskFill  # noqa: E402
-from raydebias.augment.regenerate import Regenerate  # noqa: E402
-from raydebias.augment.toxic_rewrite import ToxicRewrite  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def emit(**kw) -> None:
-    print(json.dumps(kw), flush=True)
+from raydebias.augment.annotate import AnnotateCandidates, AnnotateEntities, ScoreToxicity
+from raydebias.augment.backtranslate import Backtranslate
+from raydebias.augment.candidates import candidate, drop
+from raydebias.augment.entity_swap import EntitySwap
+from raydebias.augment.low_confidence import LowConfidence
+from raydebias.augment.mask_fill import MaskFill
+from raydebias.augment.regenerate import Regenerate
+from raydebias.augment.toxic_rewrite import ToxicRewrite
 
 
 def rss_mb() -> float:

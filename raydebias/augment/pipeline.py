@@ -9,13 +9,15 @@ needs (augment/stage.py ``stage_order``): the drawing above is the default. Clea
 strip, too short, duplicates) runs before the candidates are annotated and scored, so their entity
 spans and toxicity belong to the exact text that is stored (augment/clean.py). Each bracket is a
 ``map_batches`` actor pool (model loaded once per actor) with the CPU count, GPU fraction, batch size
-and size of its ``augment.<section>.resources``; the pools stream into each other. Whether pools ask
-for GPUs comes from ``device`` (never from the cluster's current resources, ENV.md HANG 1) and pools
-that cannot start fail after ``ray.wait_for_min_actors_s`` instead of waiting forever. Sources arrive in
-blocks of ``augment.block_rows`` rows and each CPU pool cuts a block into its own batches
-(:func:`in_batches`), so a row's batch never depends on scheduling (GPU pools take Ray Data's batches:
-``runtime.actor_pool``). ``augment.layout=fused`` instead runs every stage in each
-actor of one pool (:class:`FusedActor`: one process per core on CPU nodes), with the same rows out.
+and size of its ``augment.<section>.resources``; the pools stream into each other. The steps without a
+model run inside a neighbouring pool's actors (reference in ner's, clean in regenerate's, finalize in
+toxicity's: :func:`stage_chains`), not as Ray tasks. Whether pools ask for GPUs comes from ``device``
+(never from the cluster's current resources, ENV.md HANG 1) and pools that cannot start fail after
+``ray.wait_for_min_actors_s`` instead of waiting forever. Sources arrive in blocks of
+``augment.block_rows`` rows and each CPU pool cuts a block into its own batches (:func:`in_batches`), so
+a row's batch never depends on scheduling (GPU pools take Ray Data's batches: ``runtime.actor_pool``).
+``augment.layout=fused`` instead runs every stage in each actor of one pool (one process per core on
+CPU nodes), with the same rows out.
 
 Outputs (``raydebias.outputs.RunDir``): ``augmented/`` (one row per source, AUGMENTED_SCHEMA, written
 part by part as blocks finish), ``quarantine/augment/`` (rows with too few positives to train, with why)
@@ -63,25 +65,6 @@ def pool_cpus(cfg: AugmentConfig) -> float:
     return sum(classes[s].resources(cfg).num_cpus * classes[s].resources(cfg).actors for s in model_stages(cfg))
 
 
-class StageActor:
-    """The Ray adapter of one stage: resolves its device in its own process, builds the stage once, and
-    cuts each block it is handed into batches of ``batch_size`` rows (in order: a row's batch depends only
-    on its block, which the source read fixes, never on scheduling; ops seed per batch)."""
-
-    def __init__(self, stage: str, cfg: AugmentConfig, use_gpu: bool, seed: int, threads: int, cls: type,
-                 batch_size: int):
-        import torch
-
-        from raydebias.models import actor_device
-
-        torch.set_num_threads(max(1, threads))
-        self.stage, self.batch_size = stage, batch_size
-        self.fn = cls.from_config(cfg, device=actor_device(use_gpu), seed=seed)
-
-    def __call__(self, block: pa.Table) -> pa.Table:
-        return in_batches(self.fn, block, self.batch_size)
-
-
 def in_batches(fn: Any, block: pa.Table, batch_size: int) -> pa.Table:
     """``fn`` over ``block`` cut into batches of ``batch_size`` rows, in order (THE batching of both layouts)."""
     if block.num_rows <= batch_size:
@@ -90,80 +73,87 @@ def in_batches(fn: Any, block: pa.Table, batch_size: int) -> pa.Table:
                             promote_options="default")
 
 
-# A stage without a model runs on the whole block (cleaning, finalize): no batch size of its own.
+# A stage without a model runs on the whole block (cleaning): no batch size of its own.
 WHOLE_BLOCK = 1 << 62
 
 
-class FusedActor:
-    """``augment.layout=fused``: EVERY stage in one actor, each block taken through all of them in turn
-    (add_reference and finalize included), each stage on its own ``resources.batch_size`` batches.
+class StageActor:
+    """The Ray adapter of a CHAIN of stages, built once per actor in its own process (device resolved there):
+    one model stage and the stages without a model that follow it (the pools layout), or every stage (the
+    fused layout). ``first``/``last``: it also adds the reference candidate before / finalizes after.
 
-    On CPUs this is one process per core running all the small models: no hop between pools, and no pool
-    left waiting on a slower one (each actor does all of the work of its blocks). Its output equals the
-    pools layout's row for row: the same stages, the same batches of the same blocks, the same seeds."""
+    Each block it is handed goes through its stages in order, each on its own ``resources.batch_size``
+    batches (:func:`in_batches`): a row's batch depends only on its block, never on scheduling (ops seed
+    per batch), so both layouts give the same rows. Stages without a model ride along in a neighbour's
+    actor instead of running as Ray tasks: tasks with a fraction of a CPU each made Ray start a worker
+    process per task (17 of them in bench/augment.py, 87 s before the first block on 2 cores)."""
 
-    def __init__(self, cfg: AugmentConfig, use_gpu: bool, seed: int, threads: int, classes: dict[str, type]):
+    def __init__(self, stages: tuple[str, ...], cfg: AugmentConfig, use_gpu: bool, seed: int, threads: int,
+                 classes: dict[str, type], first: bool, last: bool):
         import torch
 
         from raydebias.models import actor_device
 
         torch.set_num_threads(max(1, threads))
         device = actor_device(use_gpu)
-        self.stages = []
-        for name in stage_order(cfg, classes):
+        self.stages, self.first = [], first
+        for name in stages:
             cls, res = classes[name], classes[name].resources(cfg)
             fn = cls.from_config(cfg, device=device, seed=seed) if res is not None else cls.from_config(cfg)
             self.stages.append((fn, res.batch_size if res is not None else WHOLE_BLOCK))
-        self.finalize = Finalize(FinalizeRules.from_config(cfg))
+        self.finalize = Finalize(FinalizeRules.from_config(cfg)) if last else None
 
     def __call__(self, block: pa.Table) -> pa.Table:
-        block = add_reference(block)
+        if self.first:
+            block = add_reference(block)
         for fn, batch_size in self.stages:
             block = in_batches(fn, block, batch_size)
-        return self.finalize(block)
+        return self.finalize(block) if self.finalize is not None else block
 
 
-def run_task_stage(batch: pa.Table, cls: type, cfg: AugmentConfig) -> pa.Table:
-    """A stage without a model (no resources) as a plain Ray task: built per batch, nothing to load."""
-    return cls.from_config(cfg)(batch)
-
-
-def finalize_batch(batch: pa.Table, rules: FinalizeRules) -> pa.Table:
-    """:class:`Finalize` as a stateless task: it scales out with the blocks instead of queueing on one actor."""
-    return Finalize(rules)(batch)
+def stage_chains(cfg: AugmentConfig, classes: dict[str, type]) -> list[tuple[str, ...]]:
+    """The stages in pipeline order, one chain per actor pool: the fused layout's one chain, or each model
+    stage with the stages without a model that follow it (those before the first model stage, with it)."""
+    order = stage_order(cfg, classes)
+    if cfg.layout == "fused":
+        return [order]
+    chains: list[list[str]] = []
+    lead: list[str] = []
+    for name in order:
+        if classes[name].resources(cfg) is not None:
+            chains.append([*lead, name])
+            lead = []
+        elif chains:
+            chains[-1].append(name)
+        else:
+            lead.append(name)
+    if lead:
+        raise ValueError(f"augment: no stage loads a model, nothing to run {lead} in")
+    return [tuple(c) for c in chains]
 
 
 def build(sources: Any, cfg: Config, use_gpu: bool, classes: dict[str, type] | None = None) -> Any:
     """Source rows (Ray dataset) -> augmented rows (lazy Ray dataset, AUGMENTED_SCHEMA). Streams.
 
-    ``augment.layout``: ``pools`` (one actor pool per model stage, each on its own resources and GPU
-    fraction; stages without a model as tasks between them) or ``fused`` (:class:`FusedActor`: every
-    stage in each actor of one pool, ``augment.fused``'s resources). Both cut blocks into each stage's
-    batches the same way, so they give the same rows. ``classes`` replaces stage classes by name (fault
-    injection in tests, custom ops, bench/scale.py's trivial stages).
+    ``augment.layout``: ``pools`` (one actor pool per model stage on its own resources and GPU fraction,
+    the stages without a model in the pool before them) or ``fused`` (every stage in each actor of one
+    pool, ``augment.fused``'s resources): :func:`stage_chains`, :class:`StageActor`. Both cut blocks into
+    each stage's batches the same way, so they give the same rows. ``classes`` replaces stage classes by
+    name (fault injection in tests, custom ops, bench/scale.py's trivial stages).
     """
     from raydebias.runtime import actor_pool
 
     a = cfg.augment
     classes = {**stage_classes(), **(classes or {})}
-    if a.layout == "fused":
-        res = a.fused
-        return actor_pool(sources, FusedActor, res, use_gpu, name="fused", whole_blocks=True, constructor_kwargs={
-            "cfg": a, "use_gpu": use_gpu and res.num_gpus > 0, "seed": cfg.seed, "threads": int(res.num_cpus),
-            "classes": classes})
-    ds = sources.map_batches(add_reference, batch_format="pyarrow", num_cpus=0.1)
-    for stage in stage_order(a, classes):
-        cls = classes[stage]
-        res = cls.resources(a)
-        if res is None:  # no model: plain tasks
-            ds = ds.map_batches(run_task_stage, batch_format="pyarrow", num_cpus=0.1,
-                                fn_kwargs={"cls": cls, "cfg": a})
-            continue
-        ds = actor_pool(ds, StageActor, res, use_gpu, name=stage, whole_blocks=True, constructor_kwargs={
-            "stage": stage, "cfg": a, "use_gpu": use_gpu and res.num_gpus > 0, "seed": cfg.seed,
-            "threads": int(res.num_cpus), "cls": cls, "batch_size": res.batch_size})
-    return ds.map_batches(finalize_batch, batch_format="pyarrow", num_cpus=0.1,
-                          fn_kwargs={"rules": FinalizeRules.from_config(a)})
+    chains = stage_chains(a, classes)
+    ds = sources
+    for i, chain in enumerate(chains):
+        model = next(s for s in chain if classes[s].resources(a) is not None) if a.layout == "pools" else "fused"
+        res = a.fused if a.layout == "fused" else classes[model].resources(a)
+        ds = actor_pool(ds, StageActor, res, use_gpu, name=model, whole_blocks=True, constructor_kwargs={
+            "stages": chain, "cfg": a, "use_gpu": use_gpu and res.num_gpus > 0, "seed": cfg.seed,
+            "threads": int(res.num_cpus), "classes": classes, "first": i == 0, "last": i == len(chains) - 1})
+    return ds
 
 
 def augment_stream(cfg: Config, out: Any, run: AugmentRun, written: Any) -> Any:
@@ -242,6 +232,6 @@ def run_augment_stage(cfg: Config, out: Any, classes: dict[str, type] | None = N
 # The stage entry points (raydebias/stages.py) and, re-exported, the names that lived here before the
 # split into resume / stats / stream.
 __all__ = ["AUGMENTED_SCHEMA", "AugmentRun", "StageActor", "augment_complete",
-           "augment_stream", "build", "count_batch", "finalize_batch", "finish_augment", "list_written", "merge_counts",
+           "augment_stream", "build", "count_batch", "finish_augment", "list_written", "merge_counts",
            "model_stages", "pool_cpus", "pool_start_error", "prepare_augment", "run_augment_stage",
            "stage_classes", "stage_order", "write_part"]
